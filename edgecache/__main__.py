@@ -1,0 +1,5 @@
+"""``python -m edgecache``."""
+
+from edgecache.cli import main
+
+main()

@@ -1,0 +1,52 @@
+"""Error responses clients can parse, and the request id every response carries.
+
+glanceclient reads a JSON error body as an object whose values each have a
+``message`` (glanceclient/exc.py ``from_response``); Glance names the request
+``req-<id>`` and adopts the caller's ``X-OpenStack-Request-ID``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from http import HTTPStatus
+
+from aiohttp import web
+
+REQUEST_ID_HEADER = "x-openstack-request-id"
+#: Glance's max_request_id_length.
+MAX_REQUEST_ID_LENGTH = 64
+REQUEST_ID_KEY = "edgecache.request_id"
+
+_PRINTABLE = re.compile(r"^[\x21-\x7e]+$")
+
+
+def error_response(status: int, message: str, **headers: str) -> web.Response:
+    """A Glance-shaped JSON error, with a Content-Type and a message."""
+    title = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    body = {"error": {"code": status, "title": title, "message": message}}
+    return web.Response(
+        status=status,
+        body=json.dumps(body).encode(),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def request_id_for(header: str | None) -> str:
+    """Adopt the caller's request id (prefixed ``req-``) or make one."""
+    if header:
+        return header if header.startswith("req-") else f"req-{header}"
+    return f"req-{uuid.uuid4()}"
+
+
+def bad_request_id(header: str | None) -> str | None:
+    """Why a caller's request id cannot be adopted, or None when it can."""
+    if header is None:
+        return None
+    if len(header) > MAX_REQUEST_ID_LENGTH:
+        return f"x-openstack-request-id is longer than {MAX_REQUEST_ID_LENGTH} characters"
+    if not _PRINTABLE.match(header):
+        return "x-openstack-request-id has characters outside printable ASCII"
+    return None

@@ -1,0 +1,77 @@
+"""Passthrough: any request edgecache does not answer itself goes to Glance verbatim.
+
+Both bodies stream (a multi-GiB snapshot upload is never buffered); hop-by-hop
+headers stay on their own hop; a client's Content-Length is kept, because the
+usual Glance deployments under uWSGI reject chunked uploads.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, MultiMapping
+
+from edgecache.api.errors import REQUEST_ID_HEADER, REQUEST_ID_KEY, error_response
+from edgecache.api.streaming import abort
+from edgecache.errors import UpstreamError
+from edgecache.upstream.glance import GlanceUpstream
+
+LOG = logging.getLogger(__name__)
+
+# RFC 9110 §7.6.1, plus Host (set for the upstream) and the proxy-only headers.
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
+    "te", "trailer", "transfer-encoding", "upgrade", "host",
+})
+
+
+def end_to_end(headers: MultiMapping[str]) -> CIMultiDict[str]:
+    """The headers that cross a proxy: hop-by-hop ones and those Connection names dropped."""
+    source: CIMultiDict[str] = CIMultiDict(headers)
+    listed = {
+        token.strip().lower()
+        for value in source.getall("connection", [])
+        for token in value.split(",")
+    }
+    return CIMultiDict(
+        (name, value) for name, value in source.items()
+        if name.lower() not in HOP_BY_HOP and name.lower() not in listed
+    )
+
+
+async def forward(
+    request: web.Request, upstream: GlanceUpstream, path_qs: str
+) -> tuple[web.StreamResponse, int]:
+    """Relay ``request`` to ``path_qs`` upstream; returns the response and its status."""
+    headers = end_to_end(request.headers)
+    if REQUEST_ID_HEADER not in headers:
+        headers[REQUEST_ID_HEADER] = request[REQUEST_ID_KEY]
+    body = request.content if request.body_exists else None
+    try:
+        upstream_response = await upstream.request(
+            request.method, path_qs, headers=headers, data=body
+        )
+    except UpstreamError as exc:
+        LOG.warning("passthrough %s %s: %s", request.method, path_qs, exc)
+        return error_response(503, "The image service is unavailable; try again."), 503
+    async with upstream_response:
+        response = web.StreamResponse(
+            status=upstream_response.status, reason=upstream_response.reason
+        )
+        response.headers.update(end_to_end(upstream_response.headers))
+        if upstream_response.content_length is not None:
+            response.content_length = upstream_response.content_length
+        await response.prepare(request)
+        if request.method == "HEAD":
+            return response, upstream_response.status
+        try:
+            async for chunk in upstream_response.content.iter_any():
+                await response.write(chunk)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            LOG.warning("passthrough %s %s broke off: %r", request.method, path_qs, exc)
+            abort(request)
+            return response, upstream_response.status
+        await response.write_eof()
+        return response, upstream_response.status

@@ -1,0 +1,135 @@
+"""Which handler answers a request.
+
+Glance clients may reach edgecache under a path prefix (``http://host/image/v2/...``,
+glance-contract §8 item 4), so requests are matched on the part from ``/v2``
+on, and the prefix is dropped before passthrough. Dot segments are refused
+before anything is forwarded: ``..`` must never climb out of the upstream's
+own path prefix.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Awaitable, Callable
+from urllib.parse import unquote
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from edgecache.api import images, proxy, versions
+from edgecache.api.errors import (
+    REQUEST_ID_HEADER,
+    REQUEST_ID_KEY,
+    bad_request_id,
+    error_response,
+    request_id_for,
+)
+
+SERVICE_KEY = web.AppKey("edgecache.service", images.ImageService)
+
+_V2 = re.compile(r"^(?P<prefix>(?:/[^/]+)*?)(?P<rest>/v2(?:/.*)?)$")
+_IMAGE_FILE = re.compile(r"^/v2/images/(?P<image_id>[^/]+)/file/?$")
+_IMAGE = re.compile(r"^/v2/images/(?P<image_id>[^/]+)/?$")
+_VERSIONS = re.compile(r"^(?P<prefix>.*?)/versions/?$")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def dispatch(request: web.Request) -> web.StreamResponse:
+    """The single route: edgecache's own paths, image data, or passthrough."""
+    service = request.app[SERVICE_KEY]
+    raw_path = request.rel_url.raw_path
+    segments = unquote(raw_path).split("/")
+    if any(segment in (".", "..") for segment in segments):
+        return error_response(404, "The resource could not be found.")
+    if raw_path == "/metrics" and request.method == "GET":
+        request["route"] = "metrics"
+        return metrics_response(service)
+    if raw_path == "/healthcheck" and request.method in ("GET", "HEAD"):
+        request["route"] = "healthcheck"
+        return healthcheck(service)
+
+    match = _V2.match(raw_path)
+    if match is None:
+        versions_match = _VERSIONS.match(raw_path)
+        if request.method in ("GET", "HEAD"):
+            request["route"] = "versions"
+            if versions_match is not None:
+                return versions.versions_response(
+                    request, versions_match["prefix"], explicit=True
+                )
+            return versions.versions_response(request, raw_path.rstrip("/"), explicit=False)
+        request["route"] = "passthrough"
+        query = request.rel_url.raw_query_string
+        response, _ = await _forward(request, service, raw_path + (f"?{query}" if query else ""))
+        return response
+
+    rest = match["rest"]
+    query = request.rel_url.raw_query_string
+    path_qs = rest + (f"?{query}" if query else "")
+    image_file = _IMAGE_FILE.match(rest)
+    if image_file is not None and request.method in ("GET", "HEAD"):
+        request["route"] = "image_data"
+        return await images.image_data(request, service, unquote(image_file["image_id"]), path_qs)
+    request["route"] = "passthrough"
+    response, status = await _forward(request, service, path_qs)
+    image = _IMAGE.match(rest)
+    if image is not None and request.method == "DELETE" and status == 204:
+        # The image is gone upstream (Glance's own cache purges on this too).
+        image_id = unquote(image["image_id"])
+        service.metadata.forget(image_id)
+        service.cache.evict_soon(image_id)
+    return response
+
+
+async def _forward(
+    request: web.Request, service: images.ImageService, path_qs: str
+) -> tuple[web.StreamResponse, int]:
+    return await proxy.forward(request, service.upstream, path_qs)
+
+
+def metrics_response(service: images.ImageService) -> web.Response:
+    body = generate_latest(service.metrics.registry)
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return response
+
+
+def healthcheck(service: images.ImageService) -> web.Response:
+    """200 while the cache can take new images; 503 when its directory is unusable."""
+    if service.cache.store.usable():
+        return web.Response(text="OK", content_type="text/plain")
+    return web.Response(status=503, text="cache directory is not writable",
+                        content_type="text/plain")
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id in and out, and the duration of every request by route."""
+    started = time.monotonic()
+    caller_id = request.headers.get(REQUEST_ID_HEADER)
+    problem = bad_request_id(caller_id)
+    request[REQUEST_ID_KEY] = request_id_for(None if problem else caller_id)
+    try:
+        if problem is not None:
+            request["route"] = "rejected"
+            return error_response(431, problem)
+        return await handler(request)
+    finally:
+        route = request.get("route", "unknown")
+        request.app[SERVICE_KEY].metrics.request_duration.labels(route=route).observe(
+            time.monotonic() - started
+        )
+
+
+async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: every response names its request (Glance does the same)."""
+    if REQUEST_ID_HEADER not in response.headers and REQUEST_ID_KEY in request:
+        response.headers[REQUEST_ID_HEADER] = request[REQUEST_ID_KEY]
+
+
+def setup_routes(app: web.Application) -> None:
+    app.middlewares.append(request_context)
+    app.on_response_prepare.append(add_request_id)
+    app.router.add_route("*", "/{tail:.*}", dispatch)

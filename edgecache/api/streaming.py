@@ -1,0 +1,65 @@
+"""Sending image bytes from a file descriptor, in bounded slices.
+
+One ``sendfile`` of a whole multi-GiB file lets a fast client monopolise the
+event loop; slices of a few MiB let every connection take its turn (spec §5.1).
+The same loop tails a growing partial file: it sends what the fill has made
+readable, then waits for more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+#: Bytes per sendfile call: big enough that per-call overhead stays small, small
+#: enough that 8 or 50 clients interleave fairly.
+SLICE = 2 << 20
+
+
+class ClientGone(ConnectionResetError):
+    """The client closed its connection (not an error of ours)."""
+
+
+async def send_fd(
+    request: web.Request,
+    fd: int,
+    start: int,
+    stop: int,
+    *,
+    readable: Callable[[int], Awaitable[int]] | None = None,
+    on_sent: Callable[[int], None] | None = None,
+) -> None:
+    """Send bytes [start, stop) of ``fd`` on the prepared response's connection.
+
+    ``readable(offset)`` waits until bytes past ``offset`` may be sent and returns
+    how far; without it the whole file is readable. Raises whatever ``readable``
+    raises (a failed fill) after ``on_sent`` has counted what went out.
+    """
+    loop = asyncio.get_running_loop()
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        raise ClientGone("client went away")
+    with os.fdopen(os.dup(fd), "rb", buffering=0) as file:
+        offset = start
+        while offset < stop:
+            end = stop if readable is None else min(stop, await readable(offset))
+            while offset < end:
+                count = min(SLICE, end - offset)
+                if transport.is_closing():
+                    raise ClientGone("client went away")
+                try:
+                    await loop.sendfile(transport, file, offset, count, fallback=True)
+                except (ConnectionError, RuntimeError) as exc:
+                    raise ClientGone(str(exc)) from exc
+                offset += count
+                if on_sent is not None:
+                    on_sent(count)
+
+
+def abort(request: web.Request) -> None:
+    """Cut the connection so the client sees a short body, never a clean end."""
+    if request.transport is not None:
+        request.transport.abort()

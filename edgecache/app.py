@@ -1,0 +1,86 @@
+"""Assembling the daemon: ``make_app(settings)`` and ``run(settings)``.
+
+Long-lived resources (the upstream client, the cache and its housekeeping) are
+created in a ``cleanup_ctx``, so an app built in a test starts and stops them
+exactly like the daemon does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from edgecache.api.images import ImageService
+from edgecache.api.routes import SERVICE_KEY, setup_routes
+from edgecache.cache import ImageCache
+from edgecache.config import Settings
+from edgecache.diskstore import DiskStore
+from edgecache.metadata import MetadataCache
+from edgecache.metrics import Metrics
+from edgecache.upstream.glance import GlanceUpstream
+
+LOG = logging.getLogger(__name__)
+
+SETTINGS_KEY = web.AppKey("edgecache.settings", Settings)
+METRICS_KEY = web.AppKey("edgecache.metrics", Metrics)
+
+
+def make_app(settings: Settings, *, metrics: Metrics | None = None) -> web.Application:
+    """A ready-to-run application; resources are opened when it starts."""
+    app = web.Application(handler_args={"max_field_size": 16384, "max_line_size": 16384})
+    app[SETTINGS_KEY] = settings
+    app[METRICS_KEY] = metrics or Metrics()
+    app.cleanup_ctx.append(_service)
+    setup_routes(app)
+    return app
+
+
+async def _service(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS_KEY]
+    metrics = app[METRICS_KEY]
+    upstream_settings = settings.upstream
+    async with GlanceUpstream(
+        upstream_settings.glance_endpoints,
+        connect_timeout=upstream_settings.connect_timeout,
+        read_timeout=upstream_settings.read_timeout,
+    ) as upstream:
+        cache = ImageCache(
+            DiskStore(settings.cache.directory),
+            upstream,
+            max_size=settings.cache.max_size,
+            stall_time=settings.cache.stall_time,
+            verify=settings.cache.verify,
+            metrics=metrics,
+        )
+        await cache.start()
+        app[SERVICE_KEY] = ImageService(
+            cache=cache,
+            metadata=MetadataCache(upstream, ttl=upstream_settings.auth_cache_ttl),
+            upstream=upstream,
+            metrics=metrics,
+        )
+        try:
+            yield
+        finally:
+            await cache.stop()
+
+
+def run(settings: Settings) -> None:
+    """Serve until SIGINT/SIGTERM."""
+    app = make_app(settings)
+    LOG.info(
+        "edgecache listening on %s:%d, upstream %s, cache %s",
+        settings.bind_host, settings.bind_port,
+        ", ".join(settings.upstream.glance_endpoints), settings.cache.directory,
+    )
+    web.run_app(
+        app,
+        host=settings.bind_host,
+        port=settings.bind_port,
+        print=None,
+        access_log_format='%a "%r" %s %b %Tf',
+        loop=asyncio.new_event_loop(),
+    )

@@ -1,0 +1,41 @@
+"""The ``edgecache`` command (spec §2)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+
+import click
+
+from edgecache import __version__
+from edgecache.errors import ConfigError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgecache")
+def main() -> None:
+    """edgecache: a compute-local cache in front of OpenStack Glance."""
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("oslo_args", nargs=-1, type=click.UNPROCESSED)
+def serve(oslo_args: Sequence[str]) -> None:
+    """Run the daemon (oslo.config options: --config-file FILE, --config-dir DIR)."""
+    from edgecache import app, config
+
+    try:
+        settings = config.load(oslo_args)
+    except ConfigError as exc:
+        click.echo(f"edgecache: configuration error: {exc}", err=True)
+        sys.exit(2)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    app.run(settings)
+
+
+if __name__ == "__main__":
+    main()

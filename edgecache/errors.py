@@ -1,0 +1,58 @@
+"""The exceptions edgecache raises between its layers.
+
+Handlers map them onto HTTP statuses in one place (``edgecache.api.errors``), so
+lower layers never speak HTTP.
+"""
+
+from __future__ import annotations
+
+
+class EdgecacheError(Exception):
+    """Base of every error edgecache raises on purpose."""
+
+
+class ConfigError(EdgecacheError):
+    """The configuration cannot be used (bad value, missing endpoint)."""
+
+
+class NotFound(EdgecacheError):
+    """The image (or its cache entry) does not exist."""
+
+
+class UpstreamError(EdgecacheError):
+    """No upstream answered usefully: refused, timed out, or a 5xx."""
+
+    def __init__(self, message: str, *, reason: str = "connect") -> None:
+        super().__init__(message)
+        #: a short, bounded label for metrics: connect, timeout, status, body
+        self.reason = reason
+
+
+class UpstreamRefused(EdgecacheError):
+    """Upstream answered with a status the caller must see as is (401/403/404/204...)."""
+
+    def __init__(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+        super().__init__(f"upstream answered {status}")
+        self.status = status
+        self.body = body
+        self.headers = headers
+
+
+class FillAborted(EdgecacheError):
+    """A fill ended without a verified image; readers must abort their responses."""
+
+
+class ChecksumMismatch(FillAborted):
+    """The bytes received do not hash to the value Glance recorded for the image."""
+
+
+class ShortBody(FillAborted):
+    """Upstream sent fewer (or more) bytes than the image's size."""
+
+
+class FillStalled(FillAborted):
+    """A fill made no progress for ``[cache] stall_time`` seconds."""
+
+
+class NoSpace(EdgecacheError):
+    """The image cannot be admitted within ``[cache] max_size``."""

@@ -1,0 +1,78 @@
+"""Every Prometheus metric edgecache exports (spec §7), on a private registry.
+
+One :class:`Metrics` per application, so tests can build many apps in one
+process. Labels are small closed sets: never image ids, never tokens.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+#: From a 1 ms hit header to a 10-minute fill of a large image.
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
+)
+
+REQUEST_RESULTS = ("hit", "miss", "coalesced", "error")
+
+
+class Metrics:
+    """The metric objects, registered on their own registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.image_requests = Counter(
+            "edgecache_image_requests", "Image-data requests by outcome.", ["result"], registry=r
+        )
+        self.served_bytes = Counter(
+            "edgecache_served_bytes", "Image bytes sent to clients, by where they came from.",
+            ["source"], registry=r,
+        )
+        self.upstream_fetched_bytes = Counter(
+            "edgecache_upstream_fetched_bytes", "Image bytes fetched from upstream by fills.",
+            registry=r,
+        )
+        self.time_to_first_byte = Histogram(
+            "edgecache_time_to_first_byte_seconds",
+            "Time from an image-data request to its first body byte.",
+            ["result"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.request_duration = Histogram(
+            "edgecache_request_duration_seconds", "Time to complete a request, by route.",
+            ["route"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.cache_size = Gauge(
+            "edgecache_cache_size_bytes", "Bytes of committed images on disk.", registry=r
+        )
+        self.cache_max_size = Gauge(
+            "edgecache_cache_max_size_bytes", "The configured [cache] max_size.", registry=r
+        )
+        self.cache_images = Gauge(
+            "edgecache_cache_images", "Committed images in the cache.", registry=r
+        )
+        self.evictions = Counter(
+            "edgecache_cache_evictions", "Images removed from the cache.", registry=r
+        )
+        self.fills_in_progress = Gauge(
+            "edgecache_fills_in_progress", "Upstream fills running now.", registry=r
+        )
+        self.prefetch_queue_length = Gauge(
+            "edgecache_prefetch_queue_length", "Images queued for prefetch.", registry=r
+        )
+        self.prefetch = Counter(
+            "edgecache_prefetch", "Prefetches finished, by outcome.", ["result"], registry=r
+        )
+        self.upstream_errors = Counter(
+            "edgecache_upstream_errors", "Upstream failures, by reason.", ["reason"], registry=r
+        )
+        self.integrity_failures = Counter(
+            "edgecache_integrity_failures",
+            "Fills discarded because the bytes did not match the image's hash or size.",
+            registry=r,
+        )
+        for result in REQUEST_RESULTS:
+            self.image_requests.labels(result=result)
+        for source in ("cache", "upstream"):
+            self.served_bytes.labels(source=source)

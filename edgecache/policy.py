@@ -1,0 +1,58 @@
+"""Pure cache decisions: what to evict, whether a fill has stalled.
+
+No I/O and no clock: callers pass sizes and ``now``, so every rule is a unit test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from edgecache.index import Entry
+
+
+def victims_for(
+    incoming: int,
+    *,
+    lru: Iterable[Entry],
+    used: int,
+    reserved: int,
+    max_size: int,
+    busy: frozenset[str] = frozenset(),
+) -> list[Entry] | None:
+    """The least recently used entries to evict so ``incoming`` bytes fit.
+
+    ``used`` counts committed bytes, ``reserved`` the space promised to fills in
+    progress. Pinned entries and ``busy`` ones are never chosen. Returns ``None``
+    when even evicting every candidate would not make room.
+    """
+    if incoming > max_size:
+        return None
+    excess = used + reserved + incoming - max_size
+    chosen: list[Entry] = []
+    for entry in lru:
+        if excess <= 0:
+            break
+        if entry.pinned or entry.image_id in busy:
+            continue
+        chosen.append(entry)
+        excess -= entry.size
+    return chosen if excess <= 0 else None
+
+
+def over_limit(*, lru: Iterable[Entry], used: int, reserved: int, max_size: int) -> list[Entry]:
+    """Entries to evict when the cache is over ``max_size`` (e.g. after it shrank)."""
+    excess = used + reserved - max_size
+    chosen: list[Entry] = []
+    for entry in lru:
+        if excess <= 0:
+            break
+        if entry.pinned:
+            continue
+        chosen.append(entry)
+        excess -= entry.size
+    return chosen
+
+
+def is_stalled(*, last_progress: float, now: float, stall_time: float) -> bool:
+    """A fill stalls when no byte arrived for ``stall_time`` seconds (not by age)."""
+    return now - last_progress >= stall_time

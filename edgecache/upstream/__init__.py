@@ -1,0 +1,92 @@
+"""What edgecache needs from wherever image bytes come from.
+
+Only modules in this package talk to the network. The cache sees an
+:class:`ImageMeta` and an :class:`ImageBody`; which server produced them is not
+its business.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+#: Image ids are UUIDs in Glance's schema; anything else can never name an image.
+UUID_PATTERN = (
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+)
+
+
+@dataclass(frozen=True)
+class ImageMeta:
+    """The fields of Glance's image record that decide what edgecache may serve."""
+
+    id: str
+    status: str
+    size: int | None
+    checksum: str | None
+    os_hash_algo: str | None
+    os_hash_value: str | None
+    updated_at: str | None
+
+    @classmethod
+    def from_glance(cls, record: Mapping[str, Any]) -> ImageMeta:
+        size = record.get("size")
+        return cls(
+            id=str(record["id"]),
+            status=str(record.get("status", "")),
+            size=int(size) if isinstance(size, int) else None,
+            checksum=_text_or_none(record.get("checksum")),
+            os_hash_algo=_text_or_none(record.get("os_hash_algo")),
+            os_hash_value=_text_or_none(record.get("os_hash_value")),
+            updated_at=_text_or_none(record.get("updated_at")),
+        )
+
+    def strongest_hash(self) -> tuple[str, str] | None:
+        """The (algorithm, hex digest) to verify against: os_hash first, md5 second.
+
+        One hash is enough (spec §5.4): the strongest the image carries.
+        """
+        if self.os_hash_value and self.os_hash_algo:
+            algo = self.os_hash_algo.lower()
+            if algo in hashlib.algorithms_available:
+                return algo, self.os_hash_value.lower()
+        if self.checksum:
+            return "md5", self.checksum.lower()
+        return None
+
+    def same_content(self, other: ImageMeta) -> bool:
+        """Whether two records describe the same bytes (a changed image is refetched)."""
+        return (
+            self.size == other.size
+            and self.os_hash_value == other.os_hash_value
+            and self.checksum == other.checksum
+        )
+
+
+def _text_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+class ImageBody(Protocol):
+    """An open upstream image-data response, 200 and ready to stream."""
+
+    #: Content-Length as announced, None for a close-delimited or chunked body.
+    content_length: int | None
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The body, in the pieces the transport delivered them."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection (a half-read body is never reused)."""
+        ...
+
+
+class ImageSource(Protocol):
+    """Where fills read image bytes from."""
+
+    async def open_image(self, image_id: str, headers: Mapping[str, str]) -> ImageBody:
+        """Start a download; raise UpstreamRefused / UpstreamError when not a 200."""
+        ...

@@ -1,0 +1,165 @@
+"""The Glance v2 API as an upstream: metadata, image data and plain passthrough.
+
+One shared ``aiohttp.ClientSession`` with explicit timeouts. The caller's own
+credentials (``X-Auth-Token``, ``X-Service-Token``) and request id travel with
+every request, so Glance keeps deciding who may see what.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping
+from types import TracebackType
+
+import aiohttp
+
+from edgecache.errors import UpstreamError, UpstreamRefused
+from edgecache.upstream import ImageMeta
+
+#: Headers of the caller that Glance needs to see on calls made on its behalf.
+FORWARDED_HEADERS = ("x-auth-token", "x-service-token", "x-openstack-request-id", "x-roles")
+
+#: Upstream statuses relayed to the caller verbatim: Glance's own verdicts.
+_RELAYED_STATUSES = frozenset({204, 400, 401, 403, 404, 405, 409, 410, 413, 415, 416, 431})
+
+# Big reads keep the per-chunk overhead (one executor hop per write) low; the
+# StreamReader pauses the socket at twice this size, which bounds memory.
+_READ_BUFSIZE = 2 << 20
+
+
+def forwarded(headers: Mapping[str, str]) -> dict[str, str]:
+    """The subset of a caller's headers that calls on its behalf carry."""
+    return {name: value for name in FORWARDED_HEADERS if (value := headers.get(name)) is not None}
+
+
+class GlanceBody:
+    """A 200 image-data response being read."""
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+        self.content_length = response.content_length
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        content = self._response.content
+        try:
+            while chunk := await content.readany():
+                yield chunk
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise UpstreamError(f"image body broke off: {exc!r}", reason="body") from exc
+
+    def close(self) -> None:
+        self._response.close()
+
+
+class GlanceUpstream:
+    """Client of one or more Glance API endpoints (the first that answers is used)."""
+
+    def __init__(
+        self,
+        endpoints: tuple[str, ...],
+        *,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 300.0,
+    ) -> None:
+        if not endpoints:
+            raise ValueError("at least one Glance endpoint is required")
+        self.endpoints = endpoints
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=connect_timeout, sock_read=read_timeout
+        )
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> GlanceUpstream:
+        self._session = aiohttp.ClientSession(
+            timeout=self._timeout,
+            auto_decompress=False,
+            read_bufsize=_READ_BUFSIZE,
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+            skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("GlanceUpstream used outside 'async with'")
+        return self._session
+
+    def url(self, path_qs: str) -> str:
+        """The upstream URL for an absolute path (with query) of the Glance API."""
+        return self.endpoints[0] + path_qs
+
+    async def request(
+        self,
+        method: str,
+        path_qs: str,
+        *,
+        headers: Mapping[str, str],
+        data: object = None,
+    ) -> aiohttp.ClientResponse:
+        """Send one request; the response is open and its body unread."""
+        try:
+            return await self.session.request(
+                method,
+                self.url(path_qs),
+                headers=dict(headers),
+                data=data,
+                allow_redirects=False,
+            )
+        except TimeoutError as exc:
+            raise UpstreamError(
+                f"{method} {path_qs}: upstream timed out", reason="timeout"
+            ) from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"{method} {path_qs}: {exc}", reason="connect") from exc
+
+    async def image_metadata(self, image_id: str, headers: Mapping[str, str]) -> ImageMeta:
+        """``GET /v2/images/{id}`` as the caller: Glance's verdict on visibility and state."""
+        response = await self.request("GET", f"/v2/images/{image_id}", headers=headers)
+        async with response:
+            try:
+                body = await response.read()
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                raise UpstreamError(f"image {image_id}: {exc!r}", reason="body") from exc
+            if response.status == 200:
+                try:
+                    return ImageMeta.from_glance(json.loads(body))
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise UpstreamError(
+                        f"image {image_id}: unreadable metadata", reason="status"
+                    ) from exc
+            raise _refusal(response, body)
+
+    async def open_image(self, image_id: str, headers: Mapping[str, str]) -> GlanceBody:
+        """``GET /v2/images/{id}/file``; only a 200 comes back open."""
+        response = await self.request("GET", f"/v2/images/{image_id}/file", headers=headers)
+        if response.status == 200:
+            return GlanceBody(response)
+        async with response:
+            try:
+                body = await response.read()
+            except (TimeoutError, aiohttp.ClientError):
+                body = b""
+            raise _refusal(response, body)
+
+
+def _refusal(response: aiohttp.ClientResponse, body: bytes) -> Exception:
+    """Glance's own verdicts go back to the caller; anything else means 'try later'."""
+    if response.status in _RELAYED_STATUSES:
+        keep = {
+            name: value
+            for name in ("Content-Type", "WWW-Authenticate", "x-openstack-request-id")
+            if (value := response.headers.get(name)) is not None
+        }
+        return UpstreamRefused(response.status, body, keep)
+    return UpstreamError(f"upstream answered {response.status}", reason="status")

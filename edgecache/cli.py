@@ -37,5 +37,15 @@ def serve(oslo_args: Sequence[str]) -> None:
     app.run(settings)
 
 
+@main.command()
+@click.option("--size-mib", default=256, show_default=True, help="Size of the sample image.")
+@click.option("--keep-running", is_flag=True, help="Keep Glance and edgecache up until Ctrl-C.")
+def demo(size_mib: int, keep_running: bool) -> None:
+    """Run edgecache in front of a local Glance: a miss, a hit, the metrics."""
+    from edgecache import demo as demo_module
+
+    demo_module.run(size=size_mib << 20, keep_running=keep_running)
+
+
 if __name__ == "__main__":
     main()

@@ -200,18 +200,20 @@ def load(argv: Sequence[str], conf: cfg.ConfigOpts | None = None) -> Settings:
 
 def settings_from(conf: cfg.ConfigOpts) -> Settings:
     """Validate the parsed options and freeze them."""
+    try:
+        return _settings_from(conf)
+    except (cfg.Error, ValueError) as exc:  # oslo.config converts values when read
+        raise ConfigError(str(exc)) from exc
+
+
+def _settings_from(conf: cfg.ConfigOpts) -> Settings:
     endpoints = tuple(e.rstrip("/") for e in conf.upstream.glance_endpoints if e.strip())
     if not endpoints:
         raise ConfigError("[upstream] glance_endpoints is required: the Glance API URL(s)")
     for endpoint in endpoints:
         if not re.match(r"^https?://[^/]+", endpoint):
             raise ConfigError(f"[upstream] glance_endpoints: {endpoint!r} is not an http(s) URL")
-    if conf.auth_strategy != "noauth":
-        raise ConfigError(
-            f"auth_strategy = {conf.auth_strategy} is not supported by this release yet; "
-            "set auth_strategy = noauth"
-        )
-    return Settings(
+    settings = Settings(
         bind_host=conf.bind_host,
         bind_port=conf.bind_port,
         auth_strategy=conf.auth_strategy,
@@ -228,3 +230,9 @@ def settings_from(conf: cfg.ConfigOpts) -> Settings:
             read_timeout=conf.upstream.read_timeout,
         ),
     )
+    if settings.auth_strategy != "noauth":
+        raise ConfigError(
+            f"auth_strategy = {settings.auth_strategy} is not supported by this release yet; "
+            "set auth_strategy = noauth"
+        )
+    return settings

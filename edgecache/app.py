@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from edgecache import sdnotify
 from edgecache.api.images import ImageService
 from edgecache.api.routes import SERVICE_KEY, setup_routes
 from edgecache.cache import ImageCache
@@ -69,18 +71,29 @@ async def _service(app: web.Application) -> AsyncIterator[None]:
 
 
 def run(settings: Settings) -> None:
-    """Serve until SIGINT/SIGTERM."""
+    """Serve until SIGINT/SIGTERM, telling systemd when ready and when stopping."""
+    asyncio.run(_serve(settings))
+
+
+async def _serve(settings: Settings) -> None:
     app = make_app(settings)
-    LOG.info(
-        "edgecache listening on %s:%d, upstream %s, cache %s",
-        settings.bind_host, settings.bind_port,
-        ", ".join(settings.upstream.glance_endpoints), settings.cache.directory,
-    )
-    web.run_app(
-        app,
-        host=settings.bind_host,
-        port=settings.bind_port,
-        print=None,
-        access_log_format='%a "%r" %s %b %Tf',
-        loop=asyncio.new_event_loop(),
-    )
+    runner = web.AppRunner(app, access_log_format='%a "%r" %s %b %Tf', handler_cancellation=True)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.bind_host, settings.bind_port, backlog=1024)
+        await site.start()
+        LOG.info(
+            "edgecache listening on %s:%d, upstream %s, cache %s",
+            settings.bind_host, settings.bind_port,
+            ", ".join(settings.upstream.glance_endpoints), settings.cache.directory,
+        )
+        sdnotify.notify("READY=1")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        LOG.info("stopping")
+        sdnotify.notify("STOPPING=1")
+    finally:
+        await runner.cleanup()

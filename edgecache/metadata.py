@@ -55,18 +55,16 @@ class MetadataCache:
             if isinstance(cached, ImageMeta):
                 return cached
         pending = self._in_flight.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[ImageMeta] = asyncio.get_running_loop().create_future()
-        self._in_flight[key] = future
+        if pending is None:
+            # A task of its own: a caller that goes away must not cancel the
+            # lookup other callers are waiting on.
+            pending = asyncio.ensure_future(self._lookup(key, image_id, dict(headers)))
+            self._in_flight[key] = pending
+        return await asyncio.shield(pending)
+
+    async def _lookup(self, key: str, image_id: str, headers: dict[str, str]) -> ImageMeta:
         try:
             meta = await self._source.image_metadata(image_id, headers)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # consumed here; joiners re-raise it themselves
-            raise
-        else:
-            future.set_result(meta)
             if self._ttl > 0:
                 await self._cache.set(key, meta, ttl=self._ttl)
             return meta

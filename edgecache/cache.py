@@ -63,7 +63,8 @@ class ImageCache:
         self.reserved = 0
         self._dirty: set[str] = set()
         self._housekeeping: asyncio.Task[None] | None = None
-        self._background: set[asyncio.Task[None]] = set()
+        #: background removals of evicted files, by image (a commit of the same id waits)
+        self._removals: dict[str, asyncio.Task[None]] = {}
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -86,7 +87,7 @@ class ImageCache:
                 await self._housekeeping
         for task in list(self._fill_tasks.values()):
             task.cancel()
-        for task in list(self._fill_tasks.values()) + list(self._background):
+        for task in list(self._fill_tasks.values()) + list(self._removals.values()):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self._flush_dirty()
@@ -176,6 +177,9 @@ class ImageCache:
                 body.close()
             self.metrics.upstream_fetched_bytes.inc(fill.size)
             entry = Entry.from_meta(fill.meta, size=fill.size, now=self._clock())
+            removal = self._removals.get(fill.image_id)
+            if removal is not None:
+                await asyncio.shield(removal)  # an older copy's removal must not hit the new one
             try:
                 await asyncio.to_thread(self.store.commit, fill.partial, fill.fd, entry)
             except OSError:
@@ -209,7 +213,8 @@ class ImageCache:
                 self.reserved -= fill.size
             if self.fills.get(fill.image_id) is fill:
                 del self.fills[fill.image_id]
-            self._fill_tasks.pop(fill.image_id, None)
+            if self._fill_tasks.get(fill.image_id) is asyncio.current_task():
+                del self._fill_tasks[fill.image_id]
             # Closing the last descriptor of an unlinked multi-GiB file frees its
             # blocks; that, like unlink, can block for hundreds of ms.
             await asyncio.shield(asyncio.to_thread(self._close_partial, fill, committed))
@@ -228,12 +233,12 @@ class ImageCache:
 
     async def evict(self, image_id: str) -> bool:
         """Drop an entry and wait until its file is gone. False if it was not cached."""
-        entry = self.index.remove(image_id)
-        if entry is None:
+        if image_id not in self.index:
             return False
-        await asyncio.to_thread(self.store.remove, image_id)
-        self.metrics.evictions.inc()
-        self._publish()
+        self._evict_now(image_id)
+        removal = self._removals.get(image_id)
+        if removal is not None:
+            await asyncio.shield(removal)
         return True
 
     def _evict_now(self, image_id: str) -> None:
@@ -242,9 +247,22 @@ class ImageCache:
         self._dirty.discard(image_id)
         self.metrics.evictions.inc()
         self._publish()
-        task = asyncio.create_task(asyncio.to_thread(self.store.remove, image_id))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        previous = self._removals.get(image_id)
+        task = asyncio.create_task(self._remove_files(image_id, previous))
+        self._removals[image_id] = task
+        task.add_done_callback(lambda done: self._forget_removal(image_id, done))
+
+    async def _remove_files(self, image_id: str, previous: asyncio.Task[None] | None) -> None:
+        if previous is not None:
+            await asyncio.shield(previous)
+        try:
+            await asyncio.to_thread(self.store.remove, image_id)
+        except OSError:
+            LOG.exception("could not remove the files of image %s", image_id)
+
+    def _forget_removal(self, image_id: str, task: asyncio.Task[None]) -> None:
+        if self._removals.get(image_id) is task:
+            del self._removals[image_id]
 
     async def enforce_limit(self) -> None:
         """Evict least recently used images until the cache is within ``max_size``."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -84,6 +85,7 @@ def run(*, size: int = _SAMPLE_SIZE, keep_running: bool = False) -> None:
 
         port = free_port()
         cache_dir = demo_dir / "cache"
+        shutil.rmtree(cache_dir, ignore_errors=True)  # every demo starts cold
         conf = demo_dir / "edgecache.conf"
         conf.write_text(
             "[DEFAULT]\n"
@@ -99,7 +101,6 @@ def run(*, size: int = _SAMPLE_SIZE, keep_running: bool = False) -> None:
         )
         _wait_until_up(url, edgecache)
         print(f"edgecache at {url} (config {conf}, log {log.name})")
-        # A fresh start: drop what an earlier demo cached, through the daemon's own rules.
         file_url = f"{url}/v2/images/{image_id}/file"
         for label in ("miss", "hit"):
             seconds, total, first = _download(file_url, expected)

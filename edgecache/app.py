@@ -64,10 +64,21 @@ async def _service(app: web.Application) -> AsyncIterator[None]:
             upstream=upstream,
             metrics=metrics,
         )
+        lag_monitor = asyncio.create_task(_watch_loop_lag(metrics))
         try:
             yield
         finally:
+            lag_monitor.cancel()
             await cache.stop()
+
+
+async def _watch_loop_lag(metrics: Metrics, interval: float = 0.01) -> None:
+    """Observe how late a short timer fires: a blocked loop stalls every client."""
+    loop = asyncio.get_running_loop()
+    while True:
+        before = loop.time()
+        await asyncio.sleep(interval)
+        metrics.event_loop_lag.observe(max(0.0, loop.time() - before - interval))
 
 
 def run(settings: Settings) -> None:

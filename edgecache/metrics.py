@@ -72,6 +72,12 @@ class Metrics:
             "Fills discarded because the bytes did not match the image's hash or size.",
             registry=r,
         )
+        self.event_loop_lag = Histogram(
+            "edgecache_event_loop_lag_seconds",
+            "How late the event loop woke a 10 ms timer: every connection waits this long.",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=r,
+        )
         for result in REQUEST_RESULTS:
             self.image_requests.labels(result=result)
         for source in ("cache", "upstream"):

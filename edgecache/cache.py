@@ -85,8 +85,10 @@ class ImageCache:
             self._housekeeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._housekeeping
-        for task in list(self._fill_tasks.values()):
-            task.cancel()
+        for image_id, task in list(self._fill_tasks.items()):
+            fill = self.fills.get(image_id)
+            if fill is None or not fill.verified:
+                task.cancel()  # a verified fill is only committing: let it finish
         for task in list(self._fill_tasks.values()) + list(self._removals.values()):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task

@@ -202,8 +202,17 @@ def settings_from(conf: cfg.ConfigOpts) -> Settings:
     """Validate the parsed options and freeze them."""
     try:
         return _settings_from(conf)
-    except (cfg.Error, ValueError) as exc:  # oslo.config converts values when read
+    except cfg.ConfigFileValueError as exc:  # oslo.config converts values when read
+        raise ConfigError(_plain_value_error(exc)) from exc
+    except (cfg.Error, ValueError) as exc:
         raise ConfigError(str(exc)) from exc
+
+
+def _plain_value_error(exc: Exception) -> str:
+    """oslo.config's message names a LocationInfo repr; operators need the option and value."""
+    text = str(exc)
+    match = re.search(r"Value for option (\S+) from .*? is not valid: (.*)", text)
+    return f"option {match.group(1)}: {match.group(2)}" if match else text
 
 
 def _settings_from(conf: cfg.ConfigOpts) -> Settings:

@@ -1,0 +1,1 @@
+"""The real daemon as a separate process, driven by blocking clients (tests/support/daemon.py)."""

@@ -1,0 +1,279 @@
+"""Hostile and malformed requests against the running daemon (glance-contract §2.2, §8).
+
+Requests go out on raw sockets wherever a client library would normalise them
+(``requests``/urllib3 remove dot segments and decode ``%2e``), and also through
+``requests`` when it sends the target unchanged. Every answer must carry the
+status Glance's contract gives, a Content-Type and an error body glanceclient can
+turn into an exception with a message, never a 500; and nothing malformed is
+ever forwarded to the upstream Glance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+from glanceclient import exc as glance_exc
+from requests.structures import CaseInsensitiveDict
+
+import edgecache
+from tests.support.daemon import Daemon, RawResponse, raw_request
+from tests.support.faultyglance import FaultyGlance, RecordedRequest
+
+IMAGE_SIZE = 300_000
+#: aiohttp's limit on one request line or header field in edgecache (app.make_app).
+FIELD_LIMIT = 16384
+
+
+@dataclass(frozen=True)
+class Env:
+    glance: FaultyGlance
+    daemon: Daemon
+    image_id: str
+    image_size: int
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    with FaultyGlance() as glance:
+        image_id = glance.add_image(os.urandom(IMAGE_SIZE))["id"]
+        workdir = tmp_path_factory.mktemp("hostile")
+        with Daemon(workdir, glance_endpoints=[glance.url]) as daemon:
+            yield Env(glance, daemon, image_id, IMAGE_SIZE)
+
+
+IMAGE = "{image}"  # replaced by the module image's id in targets
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    target: str
+    status: frozenset[int]
+    headers: dict[str, str] = field(default_factory=dict)
+    method: str = "GET"
+    #: "none": upstream must see no request at all; "metadata": at most the caller's
+    #: GET /v2/images/{id} of a well-formed id (never /file).
+    upstream: str = "none"
+    #: whether requests sends this target verbatim (then it is also sent with requests)
+    via_requests: bool = True
+    #: the answer comes from edgecache's handlers (JSON error + request id), not aiohttp's parser
+    app_level: bool = True
+
+
+def _s(*codes: int) -> frozenset[int]:
+    return frozenset(codes)
+
+
+UNKNOWN = str(uuid.UUID(int=0x1234))
+
+CASES = [
+    # -- malformed image ids: 404 (Glance: no image with that id), never forwarded
+    Case("id-not-a-uuid", "/v2/images/not-a-uuid/file", _s(404)),
+    Case("id-very-long", f"/v2/images/{'a' * 5000}/file", _s(404)),
+    Case("id-pct00", "/v2/images/%00/file", _s(404)),
+    Case("id-uuid-pct00", f"/v2/images/{IMAGE}%00/file", _s(404)),
+    Case("id-uuid-suffix", f"/v2/images/{IMAGE}x/file", _s(404)),
+    Case("id-spaces-encoded", "/v2/images/%20%20/file", _s(404)),
+    Case(
+        "id-longer-than-request-line",
+        f"/v2/images/{'a' * (FIELD_LIMIT + 100)}/file",
+        _s(400, 414),
+        via_requests=False,
+        app_level=False,
+    ),
+    Case("id-raw-nul", "/v2/images/\x00/file", _s(400), via_requests=False, app_level=False),
+    # -- dot segments, plain and encoded: refused before anything is forwarded
+    Case("dotdot-etc-passwd", "/v2/images/../../etc/passwd", _s(400, 404), via_requests=False),
+    Case("dotdot-encoded", "/v2/%2e%2e/x", _s(400, 404), via_requests=False),
+    Case("dotdot-encoded-upper", "/v2/images/%2E%2E/file", _s(400, 404), via_requests=False),
+    Case(
+        "dotdot-encoded-slashes",
+        "/v2/images/..%2f..%2fetc%2fpasswd/file",
+        _s(400, 404),
+        via_requests=False,
+    ),
+    Case(
+        "dotdot-after-id",
+        f"/v2/images/{IMAGE}/../../../etc/passwd",
+        _s(400, 404),
+        via_requests=False,
+    ),
+    Case("dotdot-climb-prefix", f"/image/../v2/images/{IMAGE}/file", _s(400, 404),
+         via_requests=False),
+    Case("dotdot-root", "/../../etc/passwd", _s(400, 404), via_requests=False),
+    Case(
+        "dotdot-absolute-form",
+        "http://glance.example/v2/images/../../etc/passwd",
+        _s(400, 404),
+        via_requests=False,
+    ),
+    Case(
+        "dotdot-passthrough-delete",
+        "/v2/images/%2e%2e/%2e%2e/%2e%2e/admin",
+        _s(400, 404),
+        method="DELETE",
+        via_requests=False,
+    ),
+    Case(
+        "dotdot-passthrough-put",
+        "/v2/../../v1/images",
+        _s(400, 404),
+        method="PUT",
+        via_requests=False,
+    ),
+    # -- ranges (glance/common/wsgi.py): comma 400, unparsable or past the end 416
+    Case("range-multi", f"/v2/images/{IMAGE}/file", _s(400),
+         headers={"Range": "bytes=0-1,3-4"}, upstream="metadata"),
+    Case("range-past-end", f"/v2/images/{IMAGE}/file", _s(416),
+         headers={"Range": f"bytes={IMAGE_SIZE}-"}, upstream="metadata"),
+    Case("range-far-past-end", f"/v2/images/{IMAGE}/file", _s(416),
+         headers={"Range": f"bytes={10 * IMAGE_SIZE}-{20 * IMAGE_SIZE}"}, upstream="metadata"),
+    Case("range-garbage", f"/v2/images/{IMAGE}/file", _s(416),
+         headers={"Range": "garbage"}, upstream="metadata"),
+    Case("range-not-numbers", f"/v2/images/{IMAGE}/file", _s(416),
+         headers={"Range": "bytes=abc-def"}, upstream="metadata"),
+    Case("range-huge-number", f"/v2/images/{IMAGE}/file", _s(416),
+         headers={"Range": "bytes=" + "9" * 400 + "-"}, upstream="metadata"),
+    Case("range-empty", f"/v2/images/{IMAGE}/file", _s(416),
+         headers={"Range": "bytes=-"}, upstream="metadata"),
+    Case("legacy-content-range-garbage", f"/v2/images/{IMAGE}/file", _s(416),
+         headers={"Content-Range": "garbage"}, upstream="metadata"),
+    Case("legacy-content-range-past-end", f"/v2/images/{IMAGE}/file", _s(416),
+         headers={"Content-Range": f"bytes {IMAGE_SIZE}-{IMAGE_SIZE + 9}/*"},
+         upstream="metadata"),
+    # -- an id Glance does not know: Glance's 404, relayed
+    Case("unknown-image", f"/v2/images/{UNKNOWN}/file", _s(404), upstream="metadata"),
+    Case("unknown-image-head", f"/v2/images/{UNKNOWN}/file", _s(404), method="HEAD",
+         upstream="metadata"),
+    # -- request ids and headers
+    Case("request-id-65-chars", f"/v2/images/{IMAGE}/file", _s(431),
+         headers={"X-OpenStack-Request-ID": "r" * 65}),
+    Case("request-id-1000-chars", f"/v2/images/{IMAGE}/file", _s(431),
+         headers={"X-OpenStack-Request-ID": "req-" + "x" * 996}),
+    Case("header-oversized", f"/v2/images/{IMAGE}/file", _s(400, 413, 431),
+         headers={"X-Padding": "p" * (FIELD_LIMIT + 100)}, via_requests=False, app_level=False),
+    Case("header-name-oversized", f"/v2/images/{IMAGE}/file", _s(400, 413, 431),
+         headers={"X-" + "n" * (FIELD_LIMIT + 100): "v"}, via_requests=False, app_level=False),
+]
+
+
+def _as_requests_response(raw: RawResponse) -> requests.Response:
+    """The raw answer as glanceclient would hold it (a requests.Response)."""
+    response = requests.Response()
+    response.status_code = raw.status
+    response.reason = raw.reason
+    response.headers = CaseInsensitiveDict(raw.headers)
+    response._content = raw.body
+    response.encoding = requests.utils.get_encoding_from_headers(response.headers)
+    return response
+
+
+def _check_error_answer(case: Case, response: requests.Response, method: str) -> None:
+    status = response.status_code
+    assert status != 500
+    assert status in case.status, (status, response.content[:300])
+    content_type = response.headers.get("Content-Type")
+    assert content_type, "an error answer without a Content-Type"
+    if case.app_level:
+        assert response.headers.get("x-openstack-request-id", "").startswith("req-")
+    if method == "HEAD":
+        return
+    assert response.content, "an error answer without a body"
+    # What glanceclient does with any answer >= 400 (glanceclient/common/http.py).
+    error = glance_exc.from_response(response, response.content)
+    assert isinstance(error, glance_exc.HTTPException)
+    assert error.details and error.details != type(error).__name__
+    assert str(error).strip()
+    if "json" in content_type:
+        document = json.loads(response.content)
+        assert all(isinstance(v, dict) and v.get("message") for v in document.values())
+        assert error.details == "\n".join(v["message"] for v in document.values())
+
+
+def _new_requests(glance: FaultyGlance, before: int) -> list[RecordedRequest]:
+    return list(glance.requests[before:])
+
+
+def _check_upstream(case: Case, seen: list[RecordedRequest], image_id: str) -> None:
+    if case.upstream == "none":
+        assert seen == [], f"forwarded upstream: {[(r.method, r.path) for r in seen]}"
+        return
+    for recorded in seen:
+        assert recorded.method == "GET"
+        assert recorded.path == f"/v2/images/{image_id}", recorded.path
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_hostile_request_is_refused_cleanly(env: Env, case: Case) -> None:
+    target = case.target.replace(IMAGE, env.image_id)
+    image_in_target = env.image_id if env.image_id in target else UNKNOWN
+    before = len(env.glance.requests)
+
+    raw = raw_request(env.daemon.port, target, method=case.method, headers=case.headers)
+    _check_error_answer(case, _as_requests_response(raw), case.method)
+    _check_upstream(case, _new_requests(env.glance, before), image_in_target)
+
+    if case.via_requests:
+        before = len(env.glance.requests)
+        response = requests.request(
+            case.method, env.daemon.url + target, headers=case.headers, timeout=10
+        )
+        assert response.request.path_url == target, "requests changed the target"
+        _check_error_answer(case, response, case.method)
+        _check_upstream(case, _new_requests(env.glance, before), image_in_target)
+
+    assert env.daemon.running, env.daemon.log_text()[-3000:]
+
+
+def test_416_names_the_image_size(env: Env) -> None:
+    raw = raw_request(
+        env.daemon.port,
+        f"/v2/images/{env.image_id}/file",
+        headers={"Range": f"bytes={env.image_size}-"},
+    )
+    assert raw.status == 416
+    assert raw.headers["content-range"] == f"bytes */{env.image_size}"
+
+
+def test_nothing_hostile_ever_reached_upstream(env: Env) -> None:
+    for recorded in env.glance.requests:
+        assert ".." not in recorded.path
+        assert "passwd" not in recorded.path
+        assert "\x00" not in recorded.path
+        assert "not-a-uuid" not in recorded.path
+        assert "/admin" not in recorded.path
+        assert not recorded.path.startswith("/v1")
+        assert recorded.method == "GET"
+        assert recorded.path in (f"/v2/images/{env.image_id}", f"/v2/images/{UNKNOWN}"), (
+            recorded.path
+        )
+
+
+def test_daemon_keeps_serving_after_hostile_input(env: Env) -> None:
+    meta = env.glance.metadata(env.image_id)
+    for _ in range(2):  # a miss, then a hit
+        response = requests.get(
+            f"{env.daemon.url}/v2/images/{env.image_id}/file", timeout=30
+        )
+        assert response.status_code == 200
+        assert response.headers["Content-Type"] == "application/octet-stream"
+        assert len(response.content) == meta["size"]
+        assert hashlib.sha512(response.content).hexdigest() == meta["os_hash_value"]
+    assert env.glance.count("GET", f"/v2/images/{env.image_id}/file") == 1
+    assert env.daemon.running
+    access_lines = [line for line in env.daemon.log_text().splitlines() if "aiohttp.access" in line]
+    assert access_lines
+    assert not [line for line in access_lines if '" 500 ' in line], "a 500 was answered"
+    # Parser-level refusals are logged by aiohttp; nothing may fail inside edgecache's code.
+    package = str(Path(edgecache.__file__).parent) + os.sep
+    failures = [line for line in env.daemon.log_text().splitlines()
+                if line.strip().startswith("File ") and package in line]
+    assert failures == [], "\n".join(failures)

@@ -55,6 +55,7 @@ async def _service(app: web.Application) -> AsyncIterator[None]:
             max_size=settings.cache.max_size,
             stall_time=settings.cache.stall_time,
             verify=settings.cache.verify,
+            max_resume_attempts=upstream_settings.max_resume_attempts,
             metrics=metrics,
         )
         await cache.start()

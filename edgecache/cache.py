@@ -45,6 +45,7 @@ class ImageCache:
         max_size: int,
         stall_time: float = 86400.0,
         verify: bool = True,
+        max_resume_attempts: int = 5,
         metrics: m.Metrics | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
@@ -54,6 +55,7 @@ class ImageCache:
         self.max_size = max_size
         self.stall_time = stall_time
         self.verify = verify
+        self.max_resume_attempts = max_resume_attempts
         self.metrics = metrics or m.Metrics()
         self._clock = clock
         self._monotonic = monotonic
@@ -165,18 +167,7 @@ class ImageCache:
         self.metrics.fills_in_progress.inc()
         committed = False
         try:
-            body = await self.source.open_image(fill.image_id, headers)
-            try:
-                if body.content_length is not None and body.content_length != fill.size:
-                    raise UpstreamError(
-                        f"image {fill.image_id}: upstream sends {body.content_length} bytes, "
-                        f"its record says {fill.size}",
-                        reason="size",
-                    )
-                fill.mark_started()
-                await fill.pump(body)
-            finally:
-                body.close()
+            await self._download(fill, headers)
             self.metrics.upstream_fetched_bytes.inc(fill.size)
             entry = Entry.from_meta(fill.meta, size=fill.size, now=self._clock())
             removal = self._removals.get(fill.image_id)
@@ -222,7 +213,55 @@ class ImageCache:
             await asyncio.shield(asyncio.to_thread(self._close_partial, fill, committed))
             self._publish()
 
+    async def _download(self, fill: Fill, headers: dict[str, str]) -> None:
+        """Pump the image into the fill, resuming a body that breaks off, then verify it.
+
+        A break (a connection lost mid-body, or a close-delimited body that ends
+        early) is resumed with ``Range: bytes=N-`` up to ``max_resume_attempts``
+        times; the readers see one uninterrupted body.
+        """
+        resumes = 0
+        while True:
+            try:
+                body = await self.source.open_image(
+                    fill.image_id, headers, offset=fill.received
+                )
+            except UpstreamError:
+                if not fill.received or resumes >= self.max_resume_attempts:
+                    raise
+                resumes += 1
+                await asyncio.sleep(min(0.1 * 2 ** resumes, 5.0))
+                continue
+            try:
+                expected = fill.size - body.start
+                if body.content_length is not None and body.content_length != expected:
+                    raise UpstreamError(
+                        f"image {fill.image_id}: upstream sends {body.content_length} bytes "
+                        f"from offset {body.start}, its record says {expected}",
+                        reason="size",
+                    )
+                fill.mark_started()
+                await fill.pump(body)
+            except UpstreamError as exc:
+                if exc.reason != "body" or resumes >= self.max_resume_attempts:
+                    raise
+                self.metrics.upstream_errors.labels(reason="body").inc()
+                LOG.warning("image %s: upstream body broke off at %d of %d bytes; resuming",
+                            fill.image_id, fill.received, fill.size)
+                resumes += 1
+                continue
+            finally:
+                body.close()
+            if fill.received < fill.size and resumes < self.max_resume_attempts:
+                LOG.warning("image %s: upstream body ended at %d of %d bytes; resuming",
+                            fill.image_id, fill.received, fill.size)
+                resumes += 1
+                continue
+            fill.verify()
+            return
+
     def _close_partial(self, fill: Fill, committed: bool) -> None:
+        fill.close()
         os.close(fill.fd)
         if not committed:
             self.store.discard(fill.partial)

@@ -123,6 +123,13 @@ upstream_opts = [
         "image's metadata) is reused. Every cache hit is revalidated against upstream "
         "metadata at least this often; 0 checks on every request.",
     ),
+    cfg.IntOpt(
+        "max_resume_attempts",
+        default=5,
+        min=0,
+        help="How many times a fill resumes an upstream body that broke off, with "
+        "'Range: bytes=N-' on the same or the next endpoint, before it fails.",
+    ),
     cfg.FloatOpt(
         "connect_timeout",
         default=10.0,
@@ -162,6 +169,7 @@ class CacheSettings:
 class UpstreamSettings:
     glance_endpoints: tuple[str, ...]
     auth_cache_ttl: float = 60.0
+    max_resume_attempts: int = 5
     connect_timeout: float = 10.0
     read_timeout: float = 300.0
 
@@ -235,6 +243,7 @@ def _settings_from(conf: cfg.ConfigOpts) -> Settings:
         upstream=UpstreamSettings(
             glance_endpoints=endpoints,
             auth_cache_ttl=float(conf.upstream.auth_cache_ttl),
+            max_resume_attempts=conf.upstream.max_resume_attempts,
             connect_timeout=conf.upstream.connect_timeout,
             read_timeout=conf.upstream.read_timeout,
         ),

@@ -51,7 +51,13 @@ class Fill:
         self.expected = meta.strongest_hash() if verify else None
         self._clock = clock
         self.last_progress = clock()
+        #: bytes handed to the writer so far (the offset the next upstream byte goes to)
+        self.received = 0
+        #: bytes on disk: readers may send up to here (less the last byte, until verified)
         self.written = 0
+        self._hasher = hashlib.new(self.expected[0]) if self.expected else None
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix=f"write-{self.image_id[:8]}")
+        self._hashing = ThreadPoolExecutor(1, thread_name_prefix=f"hash-{self.image_id[:8]}")
         self.verified = False
         self.error: BaseException | None = None
         self.stalled = False
@@ -102,6 +108,11 @@ class Fill:
             self.started.exception()  # retrieved: not every fill has a waiting caller
         self._wake()
 
+    def close(self) -> None:
+        """Release the writer and hasher threads (once the fill has ended)."""
+        self._writer.shutdown(wait=False, cancel_futures=True)
+        self._hashing.shutdown(wait=False, cancel_futures=True)
+
     def _wake(self) -> None:
         waiting, self._progress = self._progress, asyncio.get_running_loop().create_future()
         waiting.set_result(None)
@@ -114,41 +125,55 @@ class Fill:
         self._wake()
 
     async def pump(self, body: ImageBody) -> None:
-        """Copy ``body`` into the partial file, then verify size and hash.
+        """Append ``body`` to the partial file, from :attr:`received` on.
 
-        Returns with :attr:`verified` set, or raises (ShortBody, ChecksumMismatch,
-        UpstreamError, OSError); the caller owns the clean-up.
+        ``body.start`` is the image offset of the body's first byte: a resumed
+        body (206) starts where the last one broke off; one that ignored the
+        Range (200) starts at 0, and the bytes already received are dropped
+        from it, so the file and the running hash stay one continuous stream.
+        Returns when the body ends (possibly early: see :attr:`received`);
+        raises on a body that breaks (UpstreamError) or overruns the size.
         """
         loop = asyncio.get_running_loop()
-        hasher = hashlib.new(self.expected[0]) if self.expected else None
-        writer = ThreadPoolExecutor(1, thread_name_prefix=f"write-{self.image_id[:8]}")
-        hashing = ThreadPoolExecutor(1, thread_name_prefix=f"hash-{self.image_id[:8]}")
+        skip = self.received - body.start
+        if skip < 0:
+            raise ShortBody(f"upstream resumed at {body.start}, expected {self.received}")
         writes: deque[asyncio.Future[None]] = deque()
         hashes: deque[asyncio.Future[None]] = deque()
-        offset = 0
         try:
-            async for chunk in body.chunks():
+            async for piece in body.chunks():
+                chunk = piece
+                if skip:
+                    dropped = min(skip, len(chunk))
+                    chunk, skip = chunk[dropped:], skip - dropped
+                    if not chunk:
+                        continue
+                offset = self.received
                 end = offset + len(chunk)
                 if end > self.size:
                     raise ShortBody(f"upstream sent more than the image's {self.size} bytes")
-                write = loop.run_in_executor(writer, _pwrite_all, self.fd, chunk, offset)
+                write = loop.run_in_executor(self._writer, _pwrite_all, self.fd, chunk, offset)
                 write.add_done_callback(functools.partial(self._on_written, end))
                 writes.append(write)
-                if hasher is not None:
-                    hashes.append(loop.run_in_executor(hashing, hasher.update, chunk))
-                offset = end
+                if self._hasher is not None:
+                    hashes.append(loop.run_in_executor(self._hashing, self._hasher.update, chunk))
+                self.received = end
                 self.last_progress = self._clock()
                 await _drain(writes, _MAX_IN_FLIGHT)
                 await _drain(hashes, _MAX_IN_FLIGHT)
-            await _drain(writes, 0)
-            await _drain(hashes, 0)
         finally:
-            writer.shutdown(wait=False, cancel_futures=True)
-            hashing.shutdown(wait=False, cancel_futures=True)
-        if offset != self.size:
-            raise ShortBody(f"upstream sent {offset} of the image's {self.size} bytes")
-        if hasher is not None and self.expected is not None:
-            digest = hasher.hexdigest()
+            # The threads run their queues in order, so a later pump's writes
+            # and hash updates can only follow these; still, wait for them so a
+            # failed write is seen here.
+            await _settle(writes)
+            await _settle(hashes)
+
+    def verify(self) -> None:
+        """All bytes are in: check size and hash, then release the last byte."""
+        if self.received != self.size:
+            raise ShortBody(f"upstream sent {self.received} of the image's {self.size} bytes")
+        if self._hasher is not None and self.expected is not None:
+            digest = self._hasher.hexdigest()
             if digest != self.expected[1]:
                 raise ChecksumMismatch(
                     f"{self.expected[0]} of image {self.image_id} is {digest}, "
@@ -157,6 +182,18 @@ class Fill:
         self.verified = True
         self.last_progress = self._clock()
         self._wake()
+
+
+async def _settle(futures: deque[asyncio.Future[None]]) -> None:
+    """Wait for every future; the first error (if any) is raised after all are done."""
+    first_error: BaseException | None = None
+    while futures:
+        try:
+            await asyncio.shield(futures.popleft())
+        except Exception as exc:
+            first_error = first_error or exc
+    if first_error is not None:
+        raise first_error
 
 
 async def _drain(futures: deque[asyncio.Future[None]], keep: int) -> None:

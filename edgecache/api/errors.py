@@ -17,7 +17,9 @@ from aiohttp import web
 REQUEST_ID_HEADER = "x-openstack-request-id"
 #: Glance's max_request_id_length.
 MAX_REQUEST_ID_LENGTH = 64
-REQUEST_ID_KEY = "edgecache.request_id"
+REQUEST_ID_KEY = web.RequestKey("edgecache.request_id", str)
+#: which route answered, for per-route durations and the access log
+ROUTE_KEY = web.RequestKey("edgecache.route", str)
 
 _PRINTABLE = re.compile(r"^[\x21-\x7e]+$")
 

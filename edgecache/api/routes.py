@@ -21,6 +21,7 @@ from edgecache.api import images, proxy, versions
 from edgecache.api.errors import (
     REQUEST_ID_HEADER,
     REQUEST_ID_KEY,
+    ROUTE_KEY,
     bad_request_id,
     error_response,
     request_id_for,
@@ -44,23 +45,23 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     if any(segment in (".", "..") for segment in segments):
         return error_response(404, "The resource could not be found.")
     if raw_path == "/metrics" and request.method == "GET":
-        request["route"] = "metrics"
+        request[ROUTE_KEY] = "metrics"
         return metrics_response(service)
     if raw_path == "/healthcheck" and request.method in ("GET", "HEAD"):
-        request["route"] = "healthcheck"
+        request[ROUTE_KEY] = "healthcheck"
         return healthcheck(service)
 
     match = _V2.match(raw_path)
     if match is None:
         versions_match = _VERSIONS.match(raw_path)
         if request.method in ("GET", "HEAD"):
-            request["route"] = "versions"
+            request[ROUTE_KEY] = "versions"
             if versions_match is not None:
                 return versions.versions_response(
                     request, versions_match["prefix"], explicit=True
                 )
             return versions.versions_response(request, raw_path.rstrip("/"), explicit=False)
-        request["route"] = "passthrough"
+        request[ROUTE_KEY] = "passthrough"
         query = request.rel_url.raw_query_string
         response, _ = await _forward(request, service, raw_path + (f"?{query}" if query else ""))
         return response
@@ -70,9 +71,9 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     path_qs = rest + (f"?{query}" if query else "")
     image_file = _IMAGE_FILE.match(rest)
     if image_file is not None and request.method in ("GET", "HEAD"):
-        request["route"] = "image_data"
+        request[ROUTE_KEY] = "image_data"
         return await images.image_data(request, service, unquote(image_file["image_id"]), path_qs)
-    request["route"] = "passthrough"
+    request[ROUTE_KEY] = "passthrough"
     response, status = await _forward(request, service, path_qs)
     image = _IMAGE.match(rest)
     if image is not None and request.method == "DELETE" and status == 204:
@@ -113,11 +114,11 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     request[REQUEST_ID_KEY] = request_id_for(None if problem else caller_id)
     try:
         if problem is not None:
-            request["route"] = "rejected"
+            request[ROUTE_KEY] = "rejected"
             return error_response(431, problem)
         return await handler(request)
     finally:
-        route = request.get("route", "unknown")
+        route = request.get(ROUTE_KEY, "unknown")
         request.app[SERVICE_KEY].metrics.request_duration.labels(route=route).observe(
             time.monotonic() - started
         )

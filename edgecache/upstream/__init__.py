@@ -74,6 +74,8 @@ class ImageBody(Protocol):
 
     #: Content-Length as announced, None for a close-delimited or chunked body.
     content_length: int | None
+    #: image offset of the body's first byte: 0, or where a resumed (206) body starts
+    start: int
 
     def chunks(self) -> AsyncIterator[bytes]:
         """The body, in the pieces the transport delivered them."""
@@ -87,6 +89,12 @@ class ImageBody(Protocol):
 class ImageSource(Protocol):
     """Where fills read image bytes from."""
 
-    async def open_image(self, image_id: str, headers: Mapping[str, str]) -> ImageBody:
-        """Start a download; raise UpstreamRefused / UpstreamError when not a 200."""
+    async def open_image(
+        self, image_id: str, headers: Mapping[str, str], *, offset: int = 0
+    ) -> ImageBody:
+        """Start (``offset`` 0) or resume a download.
+
+        Raises UpstreamRefused / UpstreamError unless the answer is a 200, or a
+        206 starting at ``offset`` when resuming.
+        """
         ...

@@ -8,6 +8,8 @@ every request, so Glance keeps deciding who may see what.
 from __future__ import annotations
 
 import json
+import re
+import time
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
 
@@ -24,7 +26,9 @@ _RELAYED_STATUSES = frozenset({204, 400, 401, 403, 404, 405, 409, 410, 413, 415,
 
 # Big reads keep the per-chunk overhead (one executor hop per write) low; the
 # StreamReader pauses the socket at twice this size, which bounds memory.
-_READ_BUFSIZE = 2 << 20
+_READ_BUFSIZE = 1 << 20
+#: Longest rest for an endpoint that keeps refusing connections.
+_MAX_BACKOFF = 60.0
 
 
 def forwarded(headers: Mapping[str, str]) -> dict[str, str]:
@@ -35,9 +39,10 @@ def forwarded(headers: Mapping[str, str]) -> dict[str, str]:
 class GlanceBody:
     """A 200 image-data response being read."""
 
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, start: int = 0) -> None:
         self._response = response
         self.content_length = response.content_length
+        self.start = start
 
     async def chunks(self) -> AsyncIterator[bytes]:
         content = self._response.content
@@ -68,6 +73,8 @@ class GlanceUpstream:
             total=None, connect=connect_timeout, sock_read=read_timeout
         )
         self._session: aiohttp.ClientSession | None = None
+        self._down_until: dict[str, float] = {}
+        self._failures: dict[str, int] = {}
 
     async def __aenter__(self) -> GlanceUpstream:
         self._session = aiohttp.ClientSession(
@@ -95,9 +102,21 @@ class GlanceUpstream:
             raise RuntimeError("GlanceUpstream used outside 'async with'")
         return self._session
 
-    def url(self, path_qs: str) -> str:
-        """The upstream URL for an absolute path (with query) of the Glance API."""
-        return self.endpoints[0] + path_qs
+    def candidates(self) -> list[str]:
+        """Endpoints in the order to try: configured order, those in backoff last."""
+        now = time.monotonic()
+        healthy = [e for e in self.endpoints if self._down_until.get(e, 0.0) <= now]
+        resting = [e for e in self.endpoints if e not in healthy]
+        return healthy + resting
+
+    def _mark_down(self, endpoint: str) -> None:
+        failures = self._failures.get(endpoint, 0) + 1
+        self._failures[endpoint] = failures
+        self._down_until[endpoint] = time.monotonic() + min(_MAX_BACKOFF, 2.0 ** failures)
+
+    def _mark_up(self, endpoint: str) -> None:
+        self._failures.pop(endpoint, None)
+        self._down_until.pop(endpoint, None)
 
     async def request(
         self,
@@ -107,21 +126,36 @@ class GlanceUpstream:
         headers: Mapping[str, str],
         data: object = None,
     ) -> aiohttp.ClientResponse:
-        """Send one request; the response is open and its body unread."""
-        try:
-            return await self.session.request(
-                method,
-                self.url(path_qs),
-                headers=dict(headers),
-                data=data,
-                allow_redirects=False,
-            )
-        except TimeoutError as exc:
-            raise UpstreamError(
-                f"{method} {path_qs}: upstream timed out", reason="timeout"
-            ) from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"{method} {path_qs}: {exc}", reason="connect") from exc
+        """Send one request to the first endpoint that takes it; the body is unread.
+
+        An endpoint that refuses the connection, or does not connect in time, is
+        skipped (and rested with exponential backoff); no request body has been
+        read from the caller by then, so the next endpoint gets it whole.
+        """
+        error: UpstreamError | None = None
+        for endpoint in self.candidates():
+            try:
+                response = await self.session.request(
+                    method,
+                    endpoint + path_qs,
+                    headers=dict(headers),
+                    data=data,
+                    allow_redirects=False,
+                )
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+                self._mark_down(endpoint)
+                error = UpstreamError(f"{method} {path_qs} at {endpoint}: {exc}", reason="connect")
+                continue
+            except TimeoutError as exc:
+                raise UpstreamError(
+                    f"{method} {path_qs}: upstream timed out", reason="timeout"
+                ) from exc
+            except aiohttp.ClientError as exc:
+                raise UpstreamError(f"{method} {path_qs}: {exc}", reason="connect") from exc
+            self._mark_up(endpoint)
+            return response
+        assert error is not None
+        raise error
 
     async def image_metadata(self, image_id: str, headers: Mapping[str, str]) -> ImageMeta:
         """``GET /v2/images/{id}`` as the caller: Glance's verdict on visibility and state."""
@@ -140,17 +174,40 @@ class GlanceUpstream:
                     ) from exc
             raise _refusal(response, body)
 
-    async def open_image(self, image_id: str, headers: Mapping[str, str]) -> GlanceBody:
-        """``GET /v2/images/{id}/file``; only a 200 comes back open."""
+    async def open_image(
+        self, image_id: str, headers: Mapping[str, str], *, offset: int = 0
+    ) -> GlanceBody:
+        """``GET /v2/images/{id}/file``, from ``offset`` on with a Range when resuming.
+
+        A 200 comes back open (starting at 0, even when a Range was asked: the
+        fill drops what it already has); a 206 only if it starts at ``offset``.
+        """
+        if offset:
+            headers = {**headers, "Range": f"bytes={offset}-"}
         response = await self.request("GET", f"/v2/images/{image_id}/file", headers=headers)
         if response.status == 200:
             return GlanceBody(response)
+        if response.status == 206 and offset:
+            start = _content_range_start(response.headers.get("Content-Range", ""))
+            if start == offset:
+                return GlanceBody(response, start=offset)
+            response.close()
+            raise UpstreamError(
+                f"image {image_id}: asked for bytes {offset}-, got Content-Range "
+                f"{response.headers.get('Content-Range')!r}",
+                reason="status",
+            )
         async with response:
             try:
                 body = await response.read()
             except (TimeoutError, aiohttp.ClientError):
                 body = b""
             raise _refusal(response, body)
+
+
+def _content_range_start(header: str) -> int | None:
+    match = re.match(r"^\s*bytes\s+(\d+)-\d+/(?:\d+|\*)\s*$", header)
+    return int(match.group(1)) if match else None
 
 
 def _refusal(response: aiohttp.ClientResponse, body: bytes) -> Exception:

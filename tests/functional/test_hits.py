@@ -1,0 +1,230 @@
+"""Hits: ranges (spec §5.1) and LRU eviction within max_size (spec §3, §5.7)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+from pytest_aiohttp import AiohttpClient
+
+from tests.functional import Edge, MiB, eventually, file_path, sha512, start_edgecache
+from tests.support.faultyglance import FaultyGlance
+
+
+@pytest.fixture
+async def edge(aiohttp_client: AiohttpClient, faulty_glance: FaultyGlance, tmp_path: Path) -> Edge:
+    return await start_edgecache(aiohttp_client, tmp_path / "cache", (faulty_glance.url,))
+
+
+@pytest.mark.parametrize(
+    ("header", "start", "stop"),
+    [
+        ("bytes=100-199", 100, 200),
+        ("bytes=0-0", 0, 1),
+        ("bytes=-10", MiB + 3 - 10, MiB + 3),
+        (f"bytes={MiB}-", MiB, MiB + 3),
+        ("bytes=5-99999999", 5, MiB + 3),
+    ],
+)
+async def test_single_range_on_a_hit(
+    edge: Edge, faulty_glance: FaultyGlance, header: str, start: int, stop: int
+) -> None:
+    fg = faulty_glance
+    data = os.urandom(MiB + 3)
+    image_id = fg.add_image(data)["id"]
+    assert (await edge.fetch(file_path(image_id))).body == data
+    await edge.settled()
+
+    got = await edge.fetch(file_path(image_id), headers={"Range": header})
+
+    assert got.status == 206
+    assert got.error is None
+    assert got.body == data[start:stop]
+    assert got.headers["Content-Range"] == f"bytes {start}-{stop - 1}/{len(data)}"
+    assert got.headers["Content-Length"] == str(stop - start)
+    assert got.headers["Content-Type"] == "application/octet-stream"
+    assert fg.count("GET", file_path(image_id)) == 1
+    assert edge.requests("hit") == 1
+
+
+async def test_bad_ranges_on_a_hit(edge: Edge, faulty_glance: FaultyGlance) -> None:
+    fg = faulty_glance
+    data = os.urandom(MiB)
+    image_id = fg.add_image(data)["id"]
+    assert (await edge.fetch(file_path(image_id))).body == data
+    await edge.settled()
+
+    multi = await edge.fetch(file_path(image_id), headers={"Range": "bytes=0-1,5-6"})
+    assert multi.status == 400
+    assert multi.body
+    assert multi.headers.get("Content-Type")
+
+    past_end = await edge.fetch(file_path(image_id), headers={"Range": f"bytes={len(data)}-"})
+    assert past_end.status == 416
+    assert past_end.headers["Content-Range"] == f"bytes */{len(data)}"
+
+    backwards = await edge.fetch(file_path(image_id), headers={"Range": "bytes=9-3"})
+    assert backwards.status == 416
+
+    assert fg.count("GET", file_path(image_id)) == 1
+    assert image_id in edge.data_files()
+
+
+async def test_range_on_a_miss_goes_upstream_and_commits_nothing(
+    edge: Edge, faulty_glance: FaultyGlance
+) -> None:
+    fg = faulty_glance
+    data = os.urandom(2 * MiB)
+    image_id = fg.add_image(data)["id"]
+
+    got = await edge.fetch(file_path(image_id), headers={"Range": "bytes=1000-1999"})
+
+    assert got.status == 206
+    assert got.error is None
+    assert got.body == data[1000:2000]
+    assert got.headers["Content-Range"] == f"bytes 1000-1999/{len(data)}"
+    file_gets = [r for r in fg.requests if r.method == "GET" and r.path == file_path(image_id)]
+    assert [r.range for r in file_gets] == ["bytes=1000-1999"]
+    assert not edge.cache.fills
+    await edge.settled()
+    assert edge.data_files() == {}
+    assert edge.incomplete_files() == []
+
+    full = await edge.fetch(file_path(image_id))
+    assert full.body == data
+    assert fg.count("GET", file_path(image_id)) == 2
+    assert edge.requests("miss") == 2
+
+
+async def test_lru_evicts_the_least_recently_used_image(
+    aiohttp_client: AiohttpClient, faulty_glance: FaultyGlance, tmp_path: Path
+) -> None:
+    fg = faulty_glance
+    max_size = 7 * MiB
+    edge = await start_edgecache(
+        aiohttp_client, tmp_path / "cache", (fg.url,), max_size=max_size
+    )
+    images = {name: os.urandom(3 * MiB) for name in "ABC"}
+    ids = {name: fg.add_image(data, name=name)["id"] for name, data in images.items()}
+
+    async def get(name: str) -> None:
+        got = await edge.fetch(file_path(ids[name]))
+        assert got.status == 200
+        assert got.body == images[name]
+        await edge.settled()
+        assert edge.sample("edgecache_cache_size_bytes") <= max_size
+        assert sum(edge.data_files().values()) <= max_size
+
+    await get("A")
+    await get("B")
+    await get("A")
+    assert edge.requests("hit") == 1
+    assert set(edge.data_files()) == {ids["A"], ids["B"]}
+
+    await get("C")
+
+    await eventually(lambda: ids["B"] not in edge.data_files(), what="B evicted")
+    assert set(edge.data_files()) == {ids["A"], ids["C"]}
+    assert ids["B"] not in edge.cache.index
+    assert edge.sample("edgecache_cache_evictions_total") == 1
+    assert edge.sample("edgecache_cache_images") == 2
+    assert edge.sample("edgecache_cache_size_bytes") == 6 * MiB
+    assert edge.sample("edgecache_cache_max_size_bytes") == max_size
+    assert fg.count("GET", file_path(ids["A"])) == 1
+
+    # Bigger than the whole cache: served straight from upstream, nothing evicted.
+    big = os.urandom(8 * MiB)
+    big_meta = fg.add_image(big, name="big")
+    got = await edge.fetch(file_path(big_meta["id"]))
+    assert got.status == 200
+    assert got.error is None
+    assert sha512(got.body) == big_meta["os_hash_value"]
+    await edge.settled()
+    assert set(edge.data_files()) == {ids["A"], ids["C"]}
+    assert edge.incomplete_files() == []
+    assert edge.sample("edgecache_cache_size_bytes") == 6 * MiB
+    assert edge.sample("edgecache_cache_evictions_total") == 1
+
+    again = await edge.fetch(file_path(big_meta["id"]))
+    assert again.body == big
+    assert fg.count("GET", file_path(big_meta["id"])) == 2
+
+
+async def test_head_answers_headers_only(edge: Edge, faulty_glance: FaultyGlance) -> None:
+    fg = faulty_glance
+    data = os.urandom(MiB)
+    meta = fg.add_image(data)
+    image_id = meta["id"]
+
+    cold = await edge.fetch(file_path(image_id), method="HEAD")
+    assert cold.status == 200
+    assert cold.body == b""
+    assert cold.headers["Content-Length"] == str(len(data))
+    assert cold.headers["Content-MD5"] == meta["checksum"]
+    assert fg.count("GET", file_path(image_id)) == 0
+    assert edge.data_files() == {}
+
+    assert (await edge.fetch(file_path(image_id))).body == data
+    await edge.settled()
+    warm = await edge.fetch(file_path(image_id), method="HEAD")
+    assert warm.status == 200
+    assert warm.body == b""
+    assert warm.headers["Content-Length"] == str(len(data))
+    assert warm.headers["Content-Type"] == "application/octet-stream"
+    assert fg.count("GET", file_path(image_id)) == 1
+
+
+async def test_eviction_does_not_break_a_transfer_in_progress(
+    edge: Edge, faulty_glance: FaultyGlance
+) -> None:
+    """Spec §5.7: an image being served may be evicted; the transfer still completes."""
+    fg = faulty_glance
+    data = os.urandom(32 * MiB)
+    image_id = fg.add_image(data)["id"]
+    assert (await edge.fetch(file_path(image_id))).body == data
+    await edge.settled()
+
+    async with edge.client.get(file_path(image_id)) as resp:
+        assert resp.status == 200
+        head = await resp.content.readany()
+        # The client stops reading: socket buffers fill and the hit stalls mid-file.
+        await asyncio.sleep(0.3)
+        assert edge.sample("edgecache_served_bytes_total", source="cache") < len(data)
+
+        deleted = await edge.fetch(f"/v2/images/{image_id}", method="DELETE")
+        assert deleted.status == 204
+        await eventually(lambda: image_id not in edge.data_files(), what="data/<id> removed")
+
+        rest = await asyncio.wait_for(resp.content.read(), 10)
+    assert head + rest == data
+
+
+async def test_committed_images_survive_a_restart_partials_do_not(
+    aiohttp_client: AiohttpClient, faulty_glance: FaultyGlance, tmp_path: Path
+) -> None:
+    """Spec §5.6: after a restart committed images are served without refetching."""
+    fg = faulty_glance
+    root = tmp_path / "cache"
+    data = os.urandom(2 * MiB)
+    image_id = fg.add_image(data)["id"]
+    first = await start_edgecache(aiohttp_client, root, (fg.url,))
+    assert (await first.fetch(file_path(image_id))).body == data
+    await first.settled()
+    await first.client.close()  # stops the app: cache.stop(), index closed
+    # What a crash leaves behind: a partial fill and a data file nobody indexed.
+    (root / "incomplete" / f"{image_id}.deadbeef").write_bytes(data[:1000])
+    (root / "data" / "00000000-0000-0000-0000-000000000000").write_bytes(b"orphan")
+
+    second = await start_edgecache(aiohttp_client, root, (fg.url,))
+
+    assert second.incomplete_files() == []
+    assert second.data_files() == {image_id: len(data)}
+    assert second.sample("edgecache_cache_images") == 1
+    assert second.sample("edgecache_cache_size_bytes") == len(data)
+    hit = await second.fetch(file_path(image_id))
+    assert hit.status == 200
+    assert hit.body == data
+    assert second.requests("hit") == 1
+    assert fg.count("GET", file_path(image_id)) == 1

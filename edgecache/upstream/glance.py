@@ -27,6 +27,8 @@ _RELAYED_STATUSES = frozenset({204, 400, 401, 403, 404, 405, 409, 410, 413, 415,
 # Big reads keep the per-chunk overhead (one executor hop per write) low; the
 # StreamReader pauses the socket at twice this size, which bounds memory.
 _READ_BUFSIZE = 1 << 20
+#: Pieces of an image body already received are joined up to this size.
+_BATCH = 1 << 20
 #: Longest rest for an endpoint that keeps refusing connections.
 _MAX_BACKOFF = 60.0
 
@@ -48,6 +50,17 @@ class GlanceBody:
         content = self._response.content
         try:
             while chunk := await content.readany():
+                # Hand the fill batches of what has already arrived, not each
+                # socket read: every piece costs a write and a hash hand-off to a
+                # thread and wakes every reader.
+                if len(chunk) < _BATCH:
+                    pieces = [chunk]
+                    size = len(chunk)
+                    while size < _BATCH and (more := content.read_nowait()):
+                        pieces.append(more)
+                        size += len(more)
+                    if len(pieces) > 1:
+                        chunk = b"".join(pieces)
                 yield chunk
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise UpstreamError(f"image body broke off: {exc!r}", reason="body") from exc

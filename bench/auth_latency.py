@@ -1,0 +1,177 @@
+"""Added latency of the authorization check on a cache hit (issue 3), median and p99.
+
+Every image request, hits included, is authorized by Glance (``GET /v2/images/{id}``
+with the caller's token), reused for ``auth_cache_ttl``; in keystone mode the token
+is also validated by keystonemiddleware first. This bench starts a real Keystone,
+a real Glance that trusts it, and four edgecache daemons in front of it, and times
+sequential hits of one small image (so transfer time is negligible) on a kept-alive
+connection:
+
+==================  =============  ==============  ======================================
+daemon              auth_strategy  auth_cache_ttl  what a hit pays for authorization
+==================  =============  ==============  ======================================
+noauth-warm         noauth         3600            an in-memory lookup (the baseline)
+noauth-cold         noauth         0               + Glance's metadata answer
+keystone-warm       keystone       3600            + token validation (auth_token, thread)
+keystone-cold       keystone       0               + both
+==================  =============  ==============  ======================================
+
+"Added" is each daemon's median/p99 minus the baseline's. Run it with
+``.venv/bin/python -m bench.auth_latency [--requests N] [--size BYTES] [--json FILE]``;
+it provisions Keystone and Glance in their own virtualenvs under ``.state`` the
+first time, and stops every process it started by pid before it exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.procs import Daemon, wait_http
+from edgecache.localglance import default_state_root, ensure_venv, free_port
+from edgecache.localkeystone import KeystoneGlance, LocalKeystone, ensure_keystone_venv
+
+REPO = Path(__file__).resolve().parents[1]
+PASSWORD = "bench-pw"
+VARIANTS = (
+    ("noauth-warm", "noauth", 3600),
+    ("noauth-cold", "noauth", 0),
+    ("keystone-warm", "keystone", 3600),
+    ("keystone-cold", "keystone", 0),
+)
+
+
+def _config(
+    workdir: Path, port: int, glance: str, keystone: LocalKeystone, strategy: str, ttl: int
+) -> Path:
+    auth = keystone.auth_url
+    text = f"""[DEFAULT]
+bind_host = 127.0.0.1
+bind_port = {port}
+auth_strategy = {strategy}
+[cache]
+directory = {workdir / "cache"}
+max_size = 1G
+[upstream]
+glance_endpoints = {glance}
+auth_cache_ttl = {ttl}
+[keystone_authtoken]
+www_authenticate_uri = {auth}
+auth_url = {auth}
+auth_type = password
+username = admin
+password = {keystone.admin_password}
+user_domain_id = default
+project_name = admin
+project_domain_id = default
+memcached_servers =
+"""
+    path = workdir / "edgecache.conf"
+    path.write_text(text)
+    return path
+
+
+def _percentile(samples: list[float], fraction: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def _time_hits(port: int, path: str, token: str, count: int, size: int) -> list[float]:
+    """Seconds per hit, sequential, one kept-alive connection (after warm-up requests)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    headers = {"X-Auth-Token": token}
+    samples = []
+    try:
+        for i in range(count + 20):
+            started = time.perf_counter()
+            conn.request("GET", path, headers=headers)
+            response = conn.getresponse()
+            body = response.read()
+            elapsed = time.perf_counter() - started
+            if response.status != 200 or len(body) != size:
+                raise RuntimeError(f"GET {path} -> {response.status}, {len(body)} bytes")
+            if i >= 20:  # the first ones fill the cache and warm every cache on the way
+                samples.append(elapsed)
+    finally:
+        conn.close()
+    return samples
+
+
+def run(requests: int, size: int) -> dict[str, Any]:
+    root = default_state_root()
+    ks_venv, glance_venv = ensure_keystone_venv(root), ensure_venv(root)
+    scratch = Path(tempfile.mkdtemp(prefix="auth-latency-", dir=root))
+    keystone = LocalKeystone(scratch / "keystone", ks_venv)
+    glance = KeystoneGlance(scratch / "glance", glance_venv, flavor="keystone", keystone=keystone)
+    daemons: list[Daemon] = []
+    try:
+        keystone.start()
+        project = keystone.create_project("bench")
+        keystone.create_user("bencher", PASSWORD, project, "member")
+        glance.start()
+        token = keystone.issue_token("bencher", PASSWORD, "bench")
+        image = glance.create_image_as(token, os.urandom(size), visibility="private")
+        path = f"/v2/images/{image['id']}/file"
+        results: dict[str, Any] = {}
+        for name, strategy, ttl in VARIANTS:
+            workdir = scratch / name
+            workdir.mkdir()
+            port = free_port()
+            conf = _config(workdir, port, glance.url, keystone, strategy, ttl)
+            daemon = Daemon(
+                [sys.executable, "-m", "edgecache", "serve", "--config-file", str(conf)],
+                workdir / "edgecache.log",
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+            )
+            daemons.append(daemon)
+            daemon.start()
+            wait_http(f"http://127.0.0.1:{port}/versions", 60, alive=daemon)
+            samples = _time_hits(port, path, token, requests, size)
+            daemon.stop()
+            results[name] = {
+                "median_ms": statistics.median(samples) * 1000,
+                "p99_ms": _percentile(samples, 0.99) * 1000,
+                "requests": len(samples),
+            }
+        base = results["noauth-warm"]
+        for numbers in results.values():
+            numbers["added_median_ms"] = numbers["median_ms"] - base["median_ms"]
+            numbers["added_p99_ms"] = numbers["p99_ms"] - base["p99_ms"]
+        return {"image_bytes": size, "variants": results}
+    finally:
+        for daemon in daemons:
+            daemon.stop()
+        glance.stop()
+        keystone.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=500, help="timed hits per daemon")
+    parser.add_argument("--size", type=int, default=4096, help="image size in bytes")
+    parser.add_argument("--json", type=Path, help="also write the numbers here")
+    args = parser.parse_args(argv)
+    report = run(args.requests, args.size)
+    print(f"{'daemon':<15} {'median ms':>10} {'p99 ms':>8} {'added median':>13} {'added p99':>10}")
+    for name, n in report["variants"].items():
+        print(
+            f"{name:<15} {n['median_ms']:>10.2f} {n['p99_ms']:>8.2f} "
+            f"{n['added_median_ms']:>13.2f} {n['added_p99_ms']:>10.2f}"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

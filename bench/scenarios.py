@@ -1,0 +1,163 @@
+"""One function per measurement of spec §9; each takes a peer and returns plain figures.
+
+Figures are flat dicts of numbers (or None for "does not apply") so the report and the JSON file
+need no knowledge of the scenario that made them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bench.clients import Batch, curl_many, paced_gets
+from bench.peers import Peer
+from bench.procs import RssSampler
+
+MiB = 1 << 20
+Figures = dict[str, float | None]
+
+
+@dataclass(frozen=True)
+class Settings:
+    image_size: int
+    curl_timeout: float
+    rate: float  # metadata requests per second (the bar's 200)
+    low_rate: float  # a rate direct Glance sustains easily here, to tell overhead from queueing
+    duration: float  # seconds of paced metadata requests per peer and round
+
+
+def _batch_figures(batch: Batch, size: int, rss: RssSampler | None) -> Figures:
+    failures = batch.failures(size)
+    if failures:
+        shown = ", ".join(failures[:5])
+        raise RuntimeError(f"{len(failures)} of {len(batch.fetches)} downloads failed: {shown}")
+    return {
+        "gbps": batch.gbps,
+        "slowest_first_byte_ms": batch.slowest_first_byte * 1000,
+        "seconds": batch.span,
+        "peak_rss_mib": rss.peak / MiB if rss and rss.peak else None,
+    }
+
+
+def hits(peer: Peer, clients: int, s: Settings, warm: bool) -> Figures:
+    """Hit throughput and fairness: the image is in the cache (or page cache) before we start."""
+    if warm:
+        _batch_figures(curl_many(peer.file_url, 1, s.curl_timeout), s.image_size, None)
+    lag = peer.loop_lag_buckets()
+    with RssSampler(peer.pids()) as rss:
+        batch = curl_many(peer.file_url, clients, s.curl_timeout)
+    figures = _batch_figures(batch, s.image_size, rss)
+    figures["loop_stall_ms"] = worst_lag_ms(lag, peer.loop_lag_buckets())
+    return figures
+
+
+def cold(peer: Peer, clients: int, s: Settings) -> Figures:
+    """Cold requests: empty the cache, then `clients` ask at once; count the origin's data GETs."""
+    peer.empty_cache()
+    before, lag = peer.upstream_gets(), peer.loop_lag_buckets()
+    with RssSampler(peer.pids()) as rss:
+        batch = curl_many(peer.file_url, clients, s.curl_timeout)
+    figures = _batch_figures(batch, s.image_size, rss)
+    figures["upstream_gets"] = _settled(peer, before)
+    time.sleep(0.05)  # let the lag sampler observe the last commit (fsync + rename)
+    figures["loop_stall_ms"] = worst_lag_ms(lag, peer.loop_lag_buckets())
+    return figures
+
+
+def worst_lag_ms(
+    before: dict[float, float] | None, after: dict[float, float] | None
+) -> float | None:
+    """Upper bound of the histogram bucket holding the worst loop lag seen between two scrapes.
+
+    A histogram keeps no maximum, so this is "at most" (the bars' 25 and 50 ms are bucket bounds);
+    a lag past the last finite bound is reported as that bound.
+    """
+    if before is None or after is None:
+        return None
+    new = {le: count - before.get(le, 0.0) for le, count in after.items()}
+    total = new.get(math.inf, 0.0)
+    if total <= 0:
+        return None
+    finite = [le for le in sorted(new) if le != math.inf]
+    for le in finite:
+        if new[le] >= total:
+            return le * 1000
+    return finite[-1] * 1000 if finite else None
+
+
+def _settled(peer: Peer, before: int | None) -> float | None:
+    """Origin GETs during the batch: wait for the first log line, then for stragglers to settle.
+
+    Glance logs a request when its body is sent, which can be a moment after the client is done.
+    """
+    if before is None:
+        return None
+    after = peer.upstream_gets(at_least=before + 1) or 0
+    for _ in range(5):
+        time.sleep(0.2)
+        again = peer.upstream_gets() or 0
+        if again == after:
+            break
+        after = again
+    return float(after - before)
+
+
+def passthrough(peers: list[Peer], rate: float, duration: float) -> dict[str, Figures]:
+    """Metadata GET latency at a fixed request rate, the peers taking turns second by second."""
+    lats = paced_gets({p.name: p.meta_url for p in peers}, rate, duration)
+    return {
+        name: {
+            "p50_ms": lat.quantile(0.5) * 1000 if lat.seconds else None,
+            "p99_ms": lat.quantile(0.99) * 1000 if lat.seconds else None,
+            "requests": float(len(lat.seconds)),
+            "errors": float(lat.errors),
+            "late": float(lat.late),
+        }
+        for name, lat in lats.items()
+    }
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A named measurement and the peers it applies to (by peer name, in run order)."""
+
+    key: str
+    title: str
+    run: Callable[[Peer, Settings], Figures] | None  # one peer at a time
+    peers: tuple[str, ...]
+    together: Callable[[list[Peer], Settings], dict[str, Figures]] | None = None  # all at once
+
+    def measure(self, peers: list[Peer], s: Settings) -> dict[str, Figures]:
+        if self.together:
+            return self.together(peers, s)
+        assert self.run is not None
+        return {p.name: self.run(p, s) for p in peers}
+
+
+CACHES = ("nginx", "varnish", "glance-cache", "edgecache", "edgecache-gc")
+EVERYONE = ("glance", *CACHES)
+META_PEERS = ("glance", "nginx", "edgecache")  # direct, a plain reverse proxy, us
+
+SCENARIOS = (
+    Scenario("cold1", "cold miss, 1 client", lambda p, s: cold(p, 1, s), EVERYONE),
+    Scenario("hit1", "hit, 1 client", lambda p, s: hits(p, 1, s, warm=True), EVERYONE),
+    Scenario("hit8", "hit, 8 clients", lambda p, s: hits(p, 8, s, warm=False), EVERYONE),
+    Scenario("cold8", "8 concurrent cold requests", lambda p, s: cold(p, 8, s), CACHES),
+    Scenario("cold50", "50 concurrent cold requests", lambda p, s: cold(p, 50, s), CACHES),
+    Scenario(
+        "meta",
+        "metadata GET passthrough at --rate",
+        None,
+        META_PEERS,
+        together=lambda peers, s: passthrough(peers, s.rate, s.duration),
+    ),
+    Scenario(
+        "meta-low",
+        "metadata GET passthrough at --low-rate",
+        None,
+        META_PEERS,
+        together=lambda peers, s: passthrough(peers, s.low_rate, s.duration),
+    ),
+)

@@ -1,0 +1,444 @@
+"""Glance's cache-management API, answered by edgecache for its own cache.
+
+``glance cache-list|cache-queue|cache-delete|cache-clear``, openstacksdk and
+``glance-cache-manage`` work against edgecache unchanged (glance-contract §4,
+§8 items 23-28 and 31). Glance's routes, shapes and statuses:
+
+=========================  ==================================================
+``GET /v2/cache``          200 ``{"cached_images": [...], "queued_images": [...]}``
+``PUT /v2/cache/{id}``     202; 404 unknown image, 400 not active
+``DELETE /v2/cache/{id}``  204; 404 when neither cached nor queued
+``DELETE /v2/cache``       204; ``x-image-cache-clear-target``: absent, ``""``
+                           or ``both``, ``cache``, ``queue``; else 400
+``POST /v2/cache/clean``   200 (stalled fills are abandoned)
+``POST /v2/cache/prune``   200 ``{"total_files_pruned", "total_bytes_pruned"}``
+legacy ``/v2/cached_images[/{id}]``, ``/v2/queued_images[/{id}]``: 200 + JSON
+=========================  ==================================================
+
+edgecache's own additions (``edgecache cache ...`` uses them):
+
+* ``GET /v2/cache?detail=1`` adds ``prefetch`` (per queued image: state, bytes
+  done/total), ``fills`` (every fill running) and ``usage``. Plain
+  ``GET /v2/cache`` keeps Glance's two keys only, because glanceclient prints
+  every other top-level key's items as queued image ids. Cached entries carry
+  extra fields (``pinned``, ``last_verified``, ``checksum``) in both.
+* ``PUT|DELETE /v2/cache/{id}/pin``: pin (never evicted) or unpin. Pinning a
+  cached image answers 200 and its entry; an image not cached yet is queued and
+  pinned once cached (202). 409 when the pins would exceed ``max_size``.
+* ``POST /v2/cache/{id}/verify`` and ``POST /v2/cache/verify`` (all): re-hash
+  now; 200 with the verdicts; a corrupt image is evicted.
+
+Every route is admin-only, like Glance's ``cache_*`` policies. With
+``auth_strategy = noauth`` every caller is an administrator (Glance's noauth
+context is admin too). In keystone mode :mod:`edgecache.api.authn` validates
+the token before any handler runs; a caller whose validated roles include one
+of ``[cache_api] admin_roles`` is an administrator (:func:`is_admin` is the
+hook; an ``X-Roles`` header sent by the caller is never believed). Other
+methods on these paths answer 405, as Glance's router does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+from aiohttp import web
+
+from edgecache.api.authn import caller_roles
+from edgecache.api.errors import REQUEST_ID_HEADER, REQUEST_ID_KEY, error_response
+from edgecache.cache import ImageCache
+from edgecache.config import Settings
+from edgecache.errors import NoSpace, UpstreamError, UpstreamRefused
+from edgecache.index import Entry
+from edgecache.prefetch import MetadataSource, Prefetcher, PrefetchQueue
+from edgecache.scrub import Scrubber, Verdict, verified_at
+from edgecache.upstream import UUID_PATTERN, ImageMeta
+from edgecache.upstream.glance import forwarded
+from edgecache.upstream.service_auth import credentials_for
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CacheAdmin:
+    """Everything the cache API works with (one per application)."""
+
+    cache: ImageCache
+    prefetcher: Prefetcher
+    scrubber: Scrubber
+    #: ``get(image_id, headers)``: Glance's record of the image for the caller
+    lookup: Callable[[str, Mapping[str, str]], Awaitable[ImageMeta]]
+    auth_strategy: str = "noauth"
+    admin_roles: tuple[str, ...] = ("admin",)
+
+    async def start(self) -> None:
+        await self.prefetcher.start()
+        await self.scrubber.start()
+
+    async def stop(self) -> None:
+        await self.scrubber.stop()
+        await self.prefetcher.stop()
+
+
+CACHE_ADMIN_KEY = web.AppKey("edgecache.cache_admin", CacheAdmin)
+
+_PATHS = re.compile(r"^/v2/(?:cache|cached_images|queued_images)(?:/.*)?$")
+_ID = re.compile(UUID_PATTERN)
+
+Handler = Callable[[web.Request, CacheAdmin, str], Awaitable[web.StreamResponse]]
+
+
+def handles(path: str) -> bool:
+    """Whether a ``/v2/...`` path (prefix stripped, no query) is the cache API's."""
+    return _PATHS.match(path) is not None
+
+
+def is_admin(request: web.Request, admin: CacheAdmin) -> bool:
+    """The authorization hook: noauth callers are admins; otherwise the token's roles decide."""
+    if admin.auth_strategy == "noauth":
+        return True
+    # Validated roles (api.authn): the X-Roles *header* is whatever the client sent.
+    roles = {r.lower() for r in caller_roles(request)}
+    return any(role.lower() in roles for role in admin.admin_roles)
+
+
+async def handle(request: web.Request, path: str) -> web.StreamResponse:
+    """Answer a cache-API request for ``path`` (from ``/v2`` on)."""
+    admin = request.app[CACHE_ADMIN_KEY]
+    routes, image_id = _route(path.rstrip("/") if path != "/" else path)
+    if routes is None:
+        return error_response(404, "The resource could not be found.")
+    handler = routes.get(request.method)
+    if handler is None:
+        return error_response(
+            405, "The method is not allowed for this resource.",
+            Allow=", ".join(sorted(routes)),
+        )
+    if not is_admin(request, admin):
+        return error_response(403, "Access was denied to this resource.")
+    if image_id is not None and not _ID.fullmatch(image_id):
+        return error_response(404, f"Image {image_id[:64]} not found.")
+    return await handler(request, admin, image_id or "")
+
+
+def _route(path: str) -> tuple[dict[str, Handler] | None, str | None]:
+    parts = [unquote(p) for p in path.split("/")[2:]]  # after "", "v2"
+    head, rest = parts[0], parts[1:]
+    if head == "cache":
+        if not rest:
+            return {"GET": list_cache, "DELETE": clear_cache}, None
+        if len(rest) == 1 and rest[0] == "clean":
+            return {"POST": clean}, None
+        if len(rest) == 1 and rest[0] == "prune":
+            return {"POST": prune}, None
+        if len(rest) == 1 and rest[0] == "verify":
+            return {"POST": verify_all}, None
+        if len(rest) == 2 and rest[0] == "nodes":
+            return {"GET": nodes}, None
+        if len(rest) == 1:
+            return {"PUT": queue_image, "DELETE": delete_image}, rest[0]
+        if len(rest) == 2 and rest[1] == "pin":
+            return {"PUT": pin, "DELETE": unpin}, rest[0]
+        if len(rest) == 2 and rest[1] == "verify":
+            return {"POST": verify_one}, rest[0]
+        return None, None
+    if head == "cached_images":
+        if not rest:
+            return {"GET": legacy_list_cached, "DELETE": legacy_delete_all_cached}, None
+        if len(rest) == 1:
+            return {"DELETE": legacy_delete_cached}, rest[0]
+        return None, None
+    if head == "queued_images":
+        if not rest:
+            return {"GET": legacy_list_queued, "DELETE": legacy_delete_all_queued}, None
+        if len(rest) == 1:
+            return {"PUT": legacy_queue, "DELETE": legacy_delete_queued}, rest[0]
+    return None, None
+
+
+# -- answers ---------------------------------------------------------------------------
+
+
+def _json(payload: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        status=status, body=json.dumps(payload).encode(), content_type="application/json"
+    )
+
+
+def entry_json(entry: Entry) -> dict[str, Any]:
+    """A cached image as Glance lists it (float epoch seconds), plus edgecache's fields."""
+    return {
+        "image_id": entry.image_id,
+        "hits": entry.hits,
+        "last_accessed": float(entry.last_access),
+        "last_modified": float(entry.committed_at),
+        "size": entry.size,
+        "checksum": entry.checksum,
+        "pinned": entry.pinned,
+        "last_verified": float(verified_at(entry)),
+    }
+
+
+def _cached(admin: CacheAdmin) -> list[dict[str, Any]]:
+    return [entry_json(entry) for entry in admin.cache.index.lru_order()]
+
+
+def _verdict_json(verdict: Verdict) -> dict[str, Any]:
+    return {
+        "image_id": verdict.image_id,
+        "result": verdict.result,
+        "size": verdict.size,
+        "detail": verdict.detail,
+    }
+
+
+async def _image_for_caller(
+    request: web.Request, admin: CacheAdmin, image_id: str
+) -> ImageMeta | web.Response:
+    """Glance's record as the caller sees it, or the answer to give instead."""
+    headers = forwarded(request.headers)
+    headers[REQUEST_ID_HEADER] = request[REQUEST_ID_KEY]
+    try:
+        meta = await admin.lookup(image_id, headers)
+    except UpstreamRefused as refusal:
+        if refusal.status == 404:
+            return error_response(404, f"Image {image_id} not found.")
+        return error_response(refusal.status, f"Glance refused image {image_id}.")
+    except UpstreamError:
+        return error_response(503, "The image service is unavailable; try again later.",
+                              **{"Retry-After": "1"})
+    if meta.status != "active":
+        return error_response(400, "Only images with status active can be targeted for queueing")
+    return meta
+
+
+# -- Glance's v2 cache API ---------------------------------------------------------------
+
+
+async def list_cache(request: web.Request, admin: CacheAdmin, _: str) -> web.Response:
+    body: dict[str, Any] = {
+        "cached_images": _cached(admin),
+        "queued_images": admin.prefetcher.queued(),
+    }
+    if request.query.get("detail", "").lower() in ("1", "true", "yes"):
+        cache = admin.cache
+        body["prefetch"] = admin.prefetcher.progress()
+        body["failed"] = list(admin.prefetcher.failures)
+        body["fills"] = [
+            {
+                "image_id": fill.image_id,
+                "bytes_done": fill.written,
+                "bytes_total": fill.size,
+                "prefetch": fill.throttle is not None,
+            }
+            for fill in list(cache.fills.values())
+        ]
+        body["usage"] = {
+            "size": cache.index.total_bytes,
+            "reserved": cache.reserved,
+            "max_size": cache.max_size,
+            "pinned": cache.pinned_bytes(),
+            "images": len(cache.index),
+        }
+    return _json(body)
+
+
+async def queue_image(request: web.Request, admin: CacheAdmin, image_id: str) -> web.Response:
+    meta = await _image_for_caller(request, admin, image_id)
+    if isinstance(meta, web.Response):
+        return meta
+    await admin.prefetcher.enqueue(image_id, size=meta.size)
+    return web.Response(status=202)
+
+
+async def delete_image(request: web.Request, admin: CacheAdmin, image_id: str) -> web.Response:
+    unqueued = await admin.prefetcher.remove(image_id)
+    evicted = await admin.cache.evict(image_id)
+    if not (unqueued or evicted):
+        return error_response(404, f"Image {image_id} not found.")
+    return web.Response(status=204)
+
+
+async def clear_cache(request: web.Request, admin: CacheAdmin, _: str) -> web.Response:
+    target = request.headers.get("x-image-cache-clear-target", "").strip().lower()
+    if target not in ("", "both", "cache", "queue"):
+        return error_response(
+            400, "If provided 'x-image-cache-clear-target' must be 'cache', 'queue', "
+            "'both' or empty string."
+        )
+    if target in ("", "both", "queue"):
+        await admin.prefetcher.clear()
+    if target in ("", "both", "cache"):
+        await _evict_all(admin)
+    return web.Response(status=204)
+
+
+async def _evict_all(admin: CacheAdmin) -> int:
+    """Every committed image goes, pinned ones too: an operator asked for it by name."""
+    victims = [entry.image_id for entry in admin.cache.index.lru_order()]
+    for image_id in victims:
+        await admin.cache.evict(image_id)
+    return len(victims)
+
+
+async def clean(request: web.Request, admin: CacheAdmin, _: str) -> web.Response:
+    admin.cache.abandon_stalled()
+    return web.Response(status=200)
+
+
+async def prune(request: web.Request, admin: CacheAdmin, _: str) -> web.Response:
+    """LRU down to max_size; the bound is kept on admission, so this is usually a no-op."""
+    cache = admin.cache
+    before = {e.image_id: e.size for e in cache.index.lru_order()}
+    await cache.enforce_limit()
+    after = {e.image_id for e in cache.index.lru_order()}
+    gone = [size for image_id, size in before.items() if image_id not in after]
+    return _json({"total_files_pruned": len(gone), "total_bytes_pruned": sum(gone)})
+
+
+async def nodes(request: web.Request, admin: CacheAdmin, _: str) -> web.Response:
+    """Glance answers 409 unless its cache is centralized; edgecache's is per host."""
+    return error_response(409, "Centralized caching is not enabled: ask each edgecache.")
+
+
+# -- edgecache's additions -------------------------------------------------------------
+
+
+async def pin(request: web.Request, admin: CacheAdmin, image_id: str) -> web.Response:
+    fill = admin.cache.fills.get(image_id)
+    if fill is not None and fill.verified:
+        await admin.cache.wait_fill(fill)  # only its commit is left: pin the result
+    reserved = admin.prefetcher.pending_pin_bytes()
+    if image_id in admin.cache.index:
+        try:
+            entry = await admin.cache.pin(image_id, reserved=reserved)
+        except NoSpace as exc:
+            return error_response(409, str(exc))
+        if entry is not None:
+            return _json(entry_json(entry))
+    meta = await _image_for_caller(request, admin, image_id)
+    if isinstance(meta, web.Response):
+        return meta
+    if meta.size is None:
+        return error_response(400, f"Image {image_id} has no size: it cannot be cached.")
+    cache = admin.cache
+    if not admin.prefetcher.is_queued(image_id) or not _pending_pin(admin, image_id):
+        total = cache.pinned_bytes() + reserved + meta.size
+        if total > cache.max_size:
+            return error_response(
+                409,
+                f"pinning image {image_id} ({meta.size} bytes) would pin {total} bytes, "
+                f"more than [cache] max_size ({cache.max_size} bytes)",
+            )
+    await admin.prefetcher.enqueue(image_id, size=meta.size, pin=True)
+    return _json({"image_id": image_id, "pinned": False, "queued": True}, status=202)
+
+
+def _pending_pin(admin: CacheAdmin, image_id: str) -> bool:
+    return any(
+        row["image_id"] == image_id and row["pin"] for row in admin.prefetcher.progress()
+    )
+
+
+async def unpin(request: web.Request, admin: CacheAdmin, image_id: str) -> web.Response:
+    entry = await admin.cache.pin(image_id, pinned=False)
+    queued = await admin.prefetcher.set_pin(image_id, False)
+    if entry is not None:
+        return _json(entry_json(entry))
+    if queued:
+        return _json({"image_id": image_id, "pinned": False, "queued": True})
+    return error_response(404, f"Image {image_id} is neither cached nor queued.")
+
+
+async def verify_one(request: web.Request, admin: CacheAdmin, image_id: str) -> web.Response:
+    verdict = await admin.scrubber.verify(image_id)
+    if verdict is None:
+        return error_response(404, f"Image {image_id} is not cached.")
+    return _json(_verdict_json(verdict))
+
+
+async def verify_all(request: web.Request, admin: CacheAdmin, _: str) -> web.Response:
+    verdicts = await admin.scrubber.verify_all()
+    return _json({"images": [_verdict_json(v) for v in verdicts]})
+
+
+# -- glance-cache-manage's legacy routes (200 and JSON, ``null`` for single items) ---------
+
+
+async def legacy_list_cached(request: web.Request, admin: CacheAdmin, _: str) -> web.Response:
+    return _json({"cached_images": _cached(admin)})
+
+
+async def legacy_delete_cached(
+    request: web.Request, admin: CacheAdmin, image_id: str
+) -> web.Response:
+    await admin.cache.evict(image_id)
+    return _json(None)
+
+
+async def legacy_delete_all_cached(
+    request: web.Request, admin: CacheAdmin, _: str
+) -> web.Response:
+    return _json({"num_deleted": await _evict_all(admin)})
+
+
+async def legacy_list_queued(request: web.Request, admin: CacheAdmin, _: str) -> web.Response:
+    return _json({"queued_images": admin.prefetcher.queued()})
+
+
+async def legacy_queue(request: web.Request, admin: CacheAdmin, image_id: str) -> web.Response:
+    """Queue only, no existence check (as Glance); the worker gives up on unknown images."""
+    await admin.prefetcher.enqueue(image_id)
+    return _json(None)
+
+
+async def legacy_delete_queued(
+    request: web.Request, admin: CacheAdmin, image_id: str
+) -> web.Response:
+    await admin.prefetcher.remove(image_id)
+    return _json(None)
+
+
+async def legacy_delete_all_queued(
+    request: web.Request, admin: CacheAdmin, _: str
+) -> web.Response:
+    return _json({"num_deleted": await admin.prefetcher.clear()})
+
+
+def build_cache_admin(
+    settings: Settings,
+    cache: ImageCache,
+    upstream: MetadataSource,
+    lookup: Callable[[str, Mapping[str, str]], Awaitable[ImageMeta]],
+) -> CacheAdmin:
+    """The prefetch queue (under the cache directory), its workers and the scrubber."""
+    if settings.auth_strategy == "keystone" and settings.prefetch.upstream_auth is None:
+        LOG.warning(
+            "auth_strategy = keystone without [upstream_auth] credentials: prefetches "
+            "send no token, and Glance will refuse them"
+        )
+    prefetcher = Prefetcher(
+        cache,
+        upstream,
+        PrefetchQueue(Path(settings.cache.directory) / "prefetch"),
+        workers=settings.prefetch.workers,
+        max_rate=settings.prefetch.max_rate,
+        credentials=credentials_for(settings.prefetch.upstream_auth),
+    )
+    scrubber = Scrubber(
+        cache, rate=settings.cache.scrub_rate, interval=settings.cache.scrub_interval
+    )
+    return CacheAdmin(
+        cache=cache,
+        prefetcher=prefetcher,
+        scrubber=scrubber,
+        lookup=lookup,
+        auth_strategy=settings.auth_strategy,
+        admin_roles=settings.cache_api.admin_roles,
+    )

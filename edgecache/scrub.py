@@ -1,0 +1,180 @@
+"""Re-hashing committed images: bit rot, a bad disk or a stray write must not be served.
+
+A fill verifies an image once, before commit; hits never re-hash (that would
+cost a core per GB/s served). The scrubber re-reads each committed image every
+``[cache] scrub_interval`` seconds, paced at ``scrub_rate`` bytes/s so it never
+competes with clients for the disk, and checks it against the hash Glance
+recorded. A mismatch evicts the image (the next request refetches and verifies
+it) and counts in ``edgecache_integrity_failures_total``. :meth:`Scrubber.verify`
+does the same on demand, at full speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from edgecache.cache import ImageCache
+from edgecache.index import Entry
+from edgecache.ratelimit import TokenBucket
+
+LOG = logging.getLogger(__name__)
+
+#: Bytes hashed per thread hop (and per debit of the rate cap).
+CHUNK = 1 << 20
+#: Longest sleep of an idle scrubber, so new entries are looked at reasonably soon.
+IDLE = 60.0
+VERIFIED_AT = "verified_at"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    image_id: str
+    #: ok | corrupt | gone (evicted or replaced while it was being read)
+    result: str
+    size: int
+    detail: str = ""
+
+
+def expected_hash(entry: Entry) -> tuple[str, str] | None:
+    """The strongest hash recorded for the entry, as fills choose it."""
+    if entry.os_hash_value and entry.os_hash_algo:
+        algo = entry.os_hash_algo.lower()
+        if algo in hashlib.algorithms_available:
+            return algo, entry.os_hash_value.lower()
+    if entry.checksum:
+        return "md5", entry.checksum.lower()
+    return None
+
+
+def verified_at(entry: Entry) -> float:
+    value = entry.extra.get(VERIFIED_AT)
+    return float(value) if isinstance(value, (int, float)) else entry.committed_at
+
+
+def _hash_range(fd: int, hasher: hashlib._Hash | None, offset: int, length: int) -> int:
+    """Hash up to ``length`` bytes from ``offset``; returns how many were read."""
+    done = 0
+    while done < length:
+        data = os.pread(fd, min(CHUNK, length - done), offset + done)
+        if not data:
+            break
+        if hasher is not None:
+            hasher.update(data)
+        done += len(data)
+    return done
+
+
+class Scrubber:
+    """The background re-hash loop and on-demand verification."""
+
+    def __init__(
+        self,
+        cache: ImageCache,
+        *,
+        rate: int,
+        interval: float = 86400.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.cache = cache
+        self.rate = rate
+        self.interval = interval
+        self._clock = clock
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self.rate > 0:
+            self._task = asyncio.create_task(self._run(), name="scrubber")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    # -- the loop -------------------------------------------------------------------
+
+    def next_due(self) -> tuple[Entry | None, float]:
+        """The entry scrubbed longest ago if it is due, else None and the wait until one is."""
+        oldest: Entry | None = None
+        for entry in self.cache.index.lru_order():
+            if oldest is None or verified_at(entry) < verified_at(oldest):
+                oldest = entry
+        if oldest is None:
+            return None, min(self.interval, IDLE)
+        wait = verified_at(oldest) + self.interval - self._clock()
+        return (oldest, 0.0) if wait <= 0 else (None, min(wait, self.interval, IDLE))
+
+    async def _run(self) -> None:
+        bucket = TokenBucket(self.rate, burst=CHUNK)
+        while True:
+            entry, wait = self.next_due()
+            if entry is None:
+                await asyncio.sleep(wait)
+                continue
+            try:
+                await self.check(entry, bucket)
+            except Exception:
+                LOG.exception("scrub of %s failed", entry.image_id)
+                await asyncio.sleep(1.0)  # never spin on an entry that keeps failing
+
+    # -- one image ------------------------------------------------------------------
+
+    async def verify(self, image_id: str) -> Verdict | None:
+        """Re-hash one committed image now, unpaced; None if it is not cached."""
+        entry = self.cache.index.get(image_id)
+        if entry is None:
+            return None
+        return await self.check(entry)
+
+    async def verify_all(self) -> list[Verdict]:
+        return [await self.check(entry) for entry in self.cache.index.lru_order()]
+
+    async def check(self, entry: Entry, bucket: TokenBucket | None = None) -> Verdict:
+        """Hash the committed file of ``entry``; evict it if it no longer matches."""
+        image_id = entry.image_id
+        try:
+            fd = os.open(self.cache.store.data_path(image_id), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return await self._corrupt(entry, "the file is missing")
+        try:
+            expected = expected_hash(entry)
+            hasher = hashlib.new(expected[0]) if expected else None
+            on_disk = os.fstat(fd).st_size
+            read = 0
+            if bucket is None:
+                read = await asyncio.to_thread(_hash_range, fd, hasher, 0, entry.size)
+            else:
+                while read < entry.size:
+                    step = min(CHUNK, entry.size - read)
+                    got = await asyncio.to_thread(_hash_range, fd, hasher, read, step)
+                    read += got
+                    if got < step:
+                        break
+                    await bucket.take(got)
+        finally:
+            os.close(fd)
+        if self.cache.index.get(image_id) is not entry:
+            return Verdict(image_id, "gone", entry.size)
+        if on_disk != entry.size or read != entry.size:
+            return await self._corrupt(entry, f"{on_disk} bytes on disk, {entry.size} recorded")
+        if hasher is not None and expected is not None and hasher.hexdigest() != expected[1]:
+            return await self._corrupt(entry, f"{expected[0]} differs from Glance's")
+        entry.extra[VERIFIED_AT] = self._clock()
+        await asyncio.to_thread(self.cache.store.save_entries, [entry])
+        return Verdict(image_id, "ok", entry.size)
+
+    async def _corrupt(self, entry: Entry, detail: str) -> Verdict:
+        if self.cache.index.get(entry.image_id) is not entry:
+            return Verdict(entry.image_id, "gone", entry.size)
+        LOG.error("cached image %s is corrupt (%s); evicting it", entry.image_id, detail)
+        self.cache.metrics.integrity_failures.inc()
+        await self.cache.evict(entry.image_id)
+        return Verdict(entry.image_id, "corrupt", entry.size, detail)

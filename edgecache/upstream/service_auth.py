@@ -1,0 +1,51 @@
+"""Credentials for calls edgecache makes on its own behalf (prefetches).
+
+A queued image is fetched long after, and independently of, the caller who
+queued it (the queue even outlives restarts), so its token cannot be used.
+With ``auth_strategy = keystone`` the ``[upstream_auth]`` keystoneauth1 session
+supplies one; with noauth there is none to send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Protocol
+
+from edgecache.errors import UpstreamError
+
+if TYPE_CHECKING:
+    from keystoneauth1.session import Session
+
+
+class Credentials(Protocol):
+    async def headers(self) -> dict[str, str]:
+        """Headers that authenticate a request to Glance (may be empty)."""
+        ...
+
+
+class NoCredentials:
+    """noauth: Glance accepts anonymous calls."""
+
+    async def headers(self) -> dict[str, str]:
+        return {}
+
+
+class KeystoneCredentials:
+    """A service token from a keystoneauth1 session, renewed by the session before expiry."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    async def headers(self) -> dict[str, str]:
+        try:
+            # Blocking (requests): it may call Keystone for a new token.
+            headers = await asyncio.to_thread(self._session.get_auth_headers)
+        except Exception as exc:  # keystoneauth raises many unrelated types
+            raise UpstreamError(f"no token from [upstream_auth]: {exc}", reason="connect") from exc
+        if not headers:
+            raise UpstreamError("[upstream_auth] gave no token", reason="connect")
+        return {str(k): str(v) for k, v in headers.items()}
+
+
+def credentials_for(session: Session | None) -> Credentials:
+    return KeystoneCredentials(session) if session is not None else NoCredentials()

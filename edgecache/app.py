@@ -1,28 +1,45 @@
-"""Assembling the daemon: ``make_app(settings)`` and ``run(settings)``.
+"""Assembling the daemon: ``make_app(settings)`` and ``run(settings, conf)``.
 
 Long-lived resources (the upstream client, the cache and its housekeeping) are
 created in a ``cleanup_ctx``, so an app built in a test starts and stops them
 exactly like the daemon does.
+
+Under systemd (``Type=notify``): ``READY=1`` once listening, ``WATCHDOG=1`` from
+the event loop itself, ``STOPPING=1`` on SIGTERM. SIGTERM drains: the health
+check turns 503, the listening socket closes, running requests get
+``shutdown_timeout`` seconds, then the cache stops and the process exits 0.
+SIGHUP re-reads the config files and applies the mutable options.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
+import time
 from collections.abc import AsyncIterator
 
+import prometheus_client
 from aiohttp import web
+from oslo_config import cfg
 
-from edgecache import sdnotify
+from edgecache import logs, sdnotify
+from edgecache.api import authn
+from edgecache.api.access import AccessLogger
+from edgecache.api.cache_api import CACHE_ADMIN_KEY, build_cache_admin
+from edgecache.api.health import HEALTH_KEY, Health
 from edgecache.api.images import ImageService
 from edgecache.api.routes import SERVICE_KEY, setup_routes
 from edgecache.cache import ImageCache
-from edgecache.config import Settings
+from edgecache.config import Settings, live_settings
+from edgecache.deletions import DeletionCheck
 from edgecache.diskstore import DiskStore
+from edgecache.errors import ConfigError
 from edgecache.metadata import MetadataCache
 from edgecache.metrics import Metrics
 from edgecache.upstream.glance import GlanceUpstream
+from edgecache.upstream.service_auth import credentials_for
 
 LOG = logging.getLogger(__name__)
 
@@ -35,8 +52,13 @@ def make_app(settings: Settings, *, metrics: Metrics | None = None) -> web.Appli
     app = web.Application(handler_args={"max_field_size": 16384, "max_line_size": 16384})
     app[SETTINGS_KEY] = settings
     app[METRICS_KEY] = metrics or Metrics()
+    app[HEALTH_KEY] = Health()
     app.cleanup_ctx.append(_service)
     setup_routes(app)
+    if settings.auth_strategy == "keystone" and settings.keystone_conf is not None:
+        from edgecache.auth import KeystoneValidator  # keystonemiddleware: keystone mode only
+
+        authn.setup(app, KeystoneValidator(settings.keystone_conf))
     return app
 
 
@@ -59,17 +81,35 @@ async def _service(app: web.Application) -> AsyncIterator[None]:
             metrics=metrics,
         )
         await cache.start()
+        metadata = MetadataCache(
+            upstream,
+            ttl=upstream_settings.auth_cache_ttl,
+            offline_ttl=(
+                upstream_settings.offline_auth_ttl
+                if upstream_settings.serve_cached_on_upstream_failure else 0.0
+            ),
+        )
+        deletions = DeletionCheck(
+            cache, metadata, upstream, credentials_for(settings.prefetch.upstream_auth),
+            min_interval=max(1.0, upstream_settings.auth_cache_ttl),
+        )
         app[SERVICE_KEY] = ImageService(
             cache=cache,
-            metadata=MetadataCache(upstream, ttl=upstream_settings.auth_cache_ttl),
+            metadata=metadata,
             upstream=upstream,
             metrics=metrics,
+            deletions=deletions,
         )
+        cache_admin = build_cache_admin(settings, cache, upstream, app[SERVICE_KEY].metadata.get)
+        await cache_admin.start()  # prefetch workers and the scrubber
+        app[CACHE_ADMIN_KEY] = cache_admin
         lag_monitor = asyncio.create_task(_watch_loop_lag(metrics))
         try:
             yield
         finally:
             lag_monitor.cancel()
+            await deletions.close()
+            await cache_admin.stop()
             await cache.stop()
 
 
@@ -82,15 +122,32 @@ async def _watch_loop_lag(metrics: Metrics, interval: float = 0.01) -> None:
         metrics.event_loop_lag.observe(max(0.0, loop.time() - before - interval))
 
 
-def run(settings: Settings) -> None:
-    """Serve until SIGINT/SIGTERM, telling systemd when ready and when stopping."""
-    asyncio.run(_serve(settings))
+def run(settings: Settings, conf: cfg.ConfigOpts | None = None) -> None:
+    """Serve until SIGINT/SIGTERM, then drain; SIGHUP re-reads ``conf`` (when given)."""
+    # No ``*_created`` series: in the text format each is one more series per label
+    # set that no query uses. Process-wide, hence here and not in make_app.
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+    asyncio.run(_serve(settings, conf))
 
 
-async def _serve(settings: Settings) -> None:
+async def _serve(settings: Settings, conf: cfg.ConfigOpts | None = None) -> None:
     app = make_app(settings)
-    runner = web.AppRunner(app, access_log_format='%a "%r" %s %b %Tf', handler_cancellation=True)
+    # aiohttp's own graceful stop is the drain: close the listening socket, close
+    # idle keep-alive connections, wait up to shutdown_timeout for running
+    # handlers, cancel the rest, then run the cleanup_ctx (the cache stops).
+    runner = web.AppRunner(
+        app,
+        access_log_class=AccessLogger,
+        handler_cancellation=True,
+        shutdown_timeout=settings.shutdown_timeout,
+        # Also the limit for a request's headers to arrive: aiohttp closes a
+        # connection still waiting for a complete request when it expires.
+        keepalive_timeout=settings.client_socket_timeout,
+    )
+    _raise_open_files_limit()
     await runner.setup()
+    watchdog: asyncio.Task[None] | None = None
+    reloads: set[asyncio.Task[None]] = set()
     try:
         site = web.TCPSite(runner, settings.bind_host, settings.bind_port, backlog=1024)
         await site.start()
@@ -99,13 +156,96 @@ async def _serve(settings: Settings) -> None:
             settings.bind_host, settings.bind_port,
             ", ".join(settings.upstream.glance_endpoints), settings.cache.directory,
         )
-        sdnotify.notify("READY=1")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, _start_reload, app, conf, reloads)
+        sdnotify.notify("READY=1")
+        interval = sdnotify.watchdog_interval()
+        if interval is not None:
+            watchdog = asyncio.create_task(_watchdog(interval), name="watchdog")
         await stop.wait()
-        LOG.info("stopping")
         sdnotify.notify("STOPPING=1")
+        app[HEALTH_KEY].draining = True
+        LOG.info(
+            "stopping: closing the listening socket; %d fills in progress; running requests "
+            "get up to %g s", len(app[SERVICE_KEY].cache.fills), settings.shutdown_timeout,
+        )
     finally:
-        await runner.cleanup()
+        started = time.monotonic()
+        try:
+            await runner.cleanup()
+        finally:
+            # Pings go on while draining: the drain may outlast WatchdogSec.
+            if watchdog is not None:
+                watchdog.cancel()
+    LOG.info("stopped after draining for %.1f s", time.monotonic() - started)
+
+
+def _raise_open_files_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard one: each client connection is a descriptor.
+
+    With the usual soft limit of 1024, a thousand idle connections would make
+    accept() fail for everyone else until they time out.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            LOG.warning("could not raise the open files limit from %d: %s", soft, exc)
+
+
+async def _watchdog(interval: float) -> None:
+    """``WATCHDOG=1`` every ``interval`` s, sent by the event loop itself.
+
+    A loop that stops turning (a blocking call, a deadlock) stops the pings, and
+    systemd restarts the daemon after ``WatchdogSec``.
+    """
+    while True:
+        sdnotify.notify("WATCHDOG=1")
+        await asyncio.sleep(interval)
+
+
+def _start_reload(
+    app: web.Application, conf: cfg.ConfigOpts | None, tasks: set[asyncio.Task[None]]
+) -> None:
+    task = asyncio.create_task(reload_config(app, conf), name="reload")
+    tasks.add(task)  # a reference until done: the loop keeps only weak ones
+    task.add_done_callback(tasks.discard)
+
+
+async def reload_config(app: web.Application, conf: cfg.ConfigOpts | None) -> None:
+    """SIGHUP: re-read the config files and apply the options that can change live.
+
+    ``mutate_config_files`` changes only options declared ``mutable`` (and warns
+    about the others); their new values go to the live objects, since
+    :class:`Settings` is frozen: the log level, and the cache's ``max_size``
+    with eviction down to it.
+    """
+    if conf is None:
+        LOG.warning("SIGHUP: no configuration files to re-read")
+        return
+    if app[HEALTH_KEY].draining:
+        LOG.info("SIGHUP while stopping: ignored")
+        return
+    usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    sdnotify.notify(f"RELOADING=1\nMONOTONIC_USEC={usec}")
+    try:
+        await asyncio.to_thread(conf.mutate_config_files)
+        live = live_settings(conf)
+        logs.set_debug(live.debug)
+        cache = app[SERVICE_KEY].cache
+        if live.max_size != cache.max_size:
+            LOG.info("SIGHUP: [cache] max_size %d -> %d bytes", cache.max_size, live.max_size)
+            await cache.resize(live.max_size)
+        LOG.info("SIGHUP: configuration re-read (debug = %s, max_size = %d)",
+                 live.debug, live.max_size)
+    except ConfigError as exc:
+        LOG.error("SIGHUP: %s; the running configuration stays", exc)
+    except Exception:
+        LOG.exception("SIGHUP: could not apply the configuration; the running one stays")
+    finally:
+        sdnotify.notify("READY=1")

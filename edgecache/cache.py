@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from edgecache import metrics as m
 from edgecache import policy
 from edgecache.diskstore import DiskStore
-from edgecache.errors import FillAborted, FillStalled, UpstreamError, UpstreamRefused
-from edgecache.fill import Fill
+from edgecache.errors import FillAborted, FillStalled, NoSpace, UpstreamError, UpstreamRefused
+from edgecache.fill import Fill, Throttle
 from edgecache.index import Entry, Index
 from edgecache.upstream import ImageMeta, ImageSource
 
@@ -127,14 +127,20 @@ class ImageCache:
 
     # -- fills --------------------------------------------------------------------------
 
-    def fill_for(self, meta: ImageMeta, headers: Mapping[str, str]) -> tuple[Fill, bool] | None:
+    def fill_for(
+        self, meta: ImageMeta, headers: Mapping[str, str], *, throttle: Throttle | None = None
+    ) -> tuple[Fill, bool] | None:
         """Join the image's fill in progress, or start one. ``(fill, started_now)``.
 
+        ``throttle`` marks a prefetch: a fill it starts reads at the prefetch rate
+        until a live caller (no throttle) joins, which lifts the cap for good.
         Returns None when the image cannot be cached: its size is unknown, or it
         does not fit within ``max_size`` even after evicting everything evictable.
         """
         fill = self.fills.get(meta.id)
         if fill is not None and fill.error is None:
+            if throttle is None:
+                fill.lift_throttle()
             return fill, False
         size = meta.size
         if size is None:
@@ -154,7 +160,9 @@ class ImageCache:
             self._evict_now(victim.image_id)
         partial, fd = self.store.create_partial(meta.id)
         fill = Fill(meta, size=size, partial=partial, fd=fd, verify=self.verify,
-                    clock=self._monotonic)
+                    clock=self._monotonic,
+                    on_received=self.metrics.upstream_fetched_bytes.inc)
+        fill.throttle = throttle
         self.reserved += size
         self.fills[meta.id] = fill
         task = asyncio.create_task(self._run_fill(fill, dict(headers)), name=f"fill-{meta.id}")
@@ -168,7 +176,6 @@ class ImageCache:
         committed = False
         try:
             await self._download(fill, headers)
-            self.metrics.upstream_fetched_bytes.inc(fill.size)
             entry = Entry.from_meta(fill.meta, size=fill.size, now=self._clock())
             removal = self._removals.get(fill.image_id)
             if removal is not None:
@@ -315,6 +322,16 @@ class ImageCache:
         ):
             await self.evict(victim.image_id)
 
+    async def resize(self, max_size: int) -> None:
+        """Apply a new ``max_size`` (a reload): eviction down to it follows at once.
+
+        Fills in progress keep their reservation; if they alone exceed the new
+        bound, every committed image goes and the fills still finish.
+        """
+        self.max_size = max_size
+        self._publish()
+        await self.enforce_limit()
+
     # -- housekeeping -------------------------------------------------------------------
 
     async def _housekeeping_loop(self) -> None:
@@ -349,6 +366,53 @@ class ImageCache:
         entries = [e for i in self._dirty if (e := self.index.get(i)) is not None]
         self._dirty.clear()
         await asyncio.to_thread(self.store.save_entries, entries)
+
+    # -- operator hooks (prefetch, pinning, the cache API) ---------------------------
+
+    async def wait_fill(self, fill: Fill) -> bool:
+        """Wait until ``fill`` has ended; True if its image is committed now.
+
+        Waiting never cancels the fill (it belongs to the cache).
+        """
+        task = self._fill_tasks.get(fill.image_id)
+        if task is not None and self.fills.get(fill.image_id) is fill:
+            await asyncio.wait([task])
+        entry = self.index.get(fill.image_id)
+        return entry is not None and entry.matches(fill.meta)
+
+    def cancel_prefetch(self, image_id: str) -> bool:
+        """Stop a fill that only a prefetch wants (no live caller joined it)."""
+        fill = self.fills.get(image_id)
+        task = self._fill_tasks.get(image_id)
+        if fill is None or fill.throttle is None or task is None or task.done():
+            return False
+        task.cancel()
+        return True
+
+    def pinned_bytes(self) -> int:
+        return sum(entry.size for entry in self.index.lru_order() if entry.pinned)
+
+    async def pin(self, image_id: str, *, pinned: bool = True, reserved: int = 0) -> Entry | None:
+        """Pin (never evict) or unpin a committed image; None if it is not cached.
+
+        Raises NoSpace when the pinned images (plus ``reserved`` bytes promised
+        to pins still queued) would exceed ``max_size``: the cache could then
+        never make room for anything else, or not even for the pins.
+        """
+        entry = self.index.get(image_id)
+        if entry is None:
+            return None
+        if pinned and not entry.pinned:
+            total = self.pinned_bytes() + reserved + entry.size
+            if total > self.max_size:
+                raise NoSpace(
+                    f"pinning image {image_id} ({entry.size} bytes) would pin {total} bytes, "
+                    f"more than [cache] max_size ({self.max_size} bytes)"
+                )
+        if entry.pinned != pinned:
+            entry.pinned = pinned
+            await asyncio.to_thread(self.store.save_entries, [entry])
+        return entry
 
     def _publish(self) -> None:
         self.metrics.cache_size.set(self.index.total_bytes)

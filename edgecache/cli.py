@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Sequence
 
 import click
 
-from edgecache import __version__
+from edgecache import __version__, cli_cache
 from edgecache.errors import ConfigError
 
 
@@ -22,19 +21,22 @@ def main() -> None:
 @click.argument("oslo_args", nargs=-1, type=click.UNPROCESSED)
 def serve(oslo_args: Sequence[str]) -> None:
     """Run the daemon (oslo.config options: --config-file FILE, --config-dir DIR)."""
-    from edgecache import app, config
+    from oslo_config import cfg
 
+    from edgecache import app, config, logs
+
+    conf = cfg.ConfigOpts()  # kept: SIGHUP re-reads its files
     try:
-        settings = config.load(oslo_args)
+        settings = config.load(oslo_args, conf)
     except ConfigError as exc:
         click.echo(f"edgecache: configuration error: {exc}", err=True)
         sys.exit(2)
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    app.run(settings)
+    try:
+        logs.setup(debug=settings.debug, log_file=settings.log_file)
+    except OSError as exc:
+        click.echo(f"edgecache: cannot open log_file: {exc}", err=True)
+        sys.exit(2)
+    app.run(settings, conf)
 
 
 @main.command()
@@ -45,6 +47,9 @@ def demo(size_mib: int, keep_running: bool) -> None:
     from edgecache import demo as demo_module
 
     demo_module.run(size=size_mib << 20, keep_running=keep_running)
+
+
+main.add_command(cli_cache.cache)  # edgecache cache list|queue|delete|clear|pin|unpin|verify
 
 
 if __name__ == "__main__":

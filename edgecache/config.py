@@ -7,16 +7,20 @@ module holds global configuration.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from oslo_config import cfg, types
 
 from edgecache import __version__
 from edgecache.errors import ConfigError
+
+if TYPE_CHECKING:
+    from keystoneauth1.session import Session
 
 DEFAULT_CONFIG_FILE = "/etc/edgecache/edgecache.conf"
 _SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -73,6 +77,38 @@ default_opts = [
         ],
         help="How callers are authenticated.",
     ),
+    cfg.IntOpt(
+        "client_socket_timeout",
+        default=60,
+        min=1,
+        help="Seconds a client connection may sit idle, or take to send a request's "
+        "headers, before edgecache closes it (a slow-headers client, or thousands of "
+        "idle connections, cannot hold the daemon's sockets). Running downloads are "
+        "never cut by it; clients simply reconnect.",
+    ),
+]
+
+#: How the daemon runs: its log and its stop (oslo.log's names for the log options).
+service_opts = [
+    cfg.BoolOpt(
+        "debug",
+        default=False,
+        mutable=True,
+        help="Log at DEBUG rather than INFO. Changes on SIGHUP (systemctl reload edgecache).",
+    ),
+    cfg.StrOpt(
+        "log_file",
+        help="Write the log to this file (reopened when logrotate moves it) rather than "
+        "to stderr, which systemd passes to the journal.",
+    ),
+    cfg.IntOpt(
+        "shutdown_timeout",
+        default=60,
+        min=0,
+        help="Seconds running downloads get to finish after SIGTERM, once the listening "
+        "socket is closed; the ones still running then are cut. Keep systemd's "
+        "TimeoutStopSec above it (the shipped unit has 90 s).",
+    ),
 ]
 
 cache_opts = [
@@ -88,9 +124,11 @@ cache_opts = [
         "max_size",
         type=ByteSize(),
         default="10G",
+        mutable=True,
         help="Upper bound on the bytes of committed and in-progress images. The "
         "least recently used images are evicted to stay under it, and space is "
-        "reserved before a fill starts. Suffixes K, M, G, T (binary) are accepted.",
+        "reserved before a fill starts. Suffixes K, M, G, T (binary) are accepted. "
+        "Changes on SIGHUP; eviction down to a smaller bound follows at once.",
     ),
     cfg.IntOpt(
         "stall_time",
@@ -143,18 +181,108 @@ upstream_opts = [
         help="Seconds to wait for the next bytes of an upstream response before the "
         "request (or fill) fails.",
     ),
+    cfg.BoolOpt(
+        "serve_cached_on_upstream_failure",
+        default=False,
+        help="While no Glance endpoint answers, serve a cached image to a caller whose "
+        "token Glance authorized for that very image within offline_auth_ttl (in "
+        "keystone mode the token must also still validate). Everyone else gets 503 "
+        "before any body, as with false, so Nova retries.",
+    ),
+    cfg.IntOpt(
+        "offline_auth_ttl",
+        default=3600,
+        min=0,
+        help="Seconds an upstream 'this caller may read this image' answer keeps "
+        "counting while upstream is unreachable (with serve_cached_on_upstream_failure).",
+    ),
 ]
+
+#: [cache] options of the scrubber (registered with the other [cache] options).
+scrub_opts = [
+    cfg.Opt(
+        "scrub_rate",
+        type=ByteSize(),
+        default="50M",
+        help="Bytes per second the background scrubber reads to re-hash committed "
+        "images against the hash Glance recorded; an image that no longer matches is "
+        "evicted and counted in edgecache_integrity_failures_total. 0 turns the "
+        "scrubber off ('edgecache cache verify' still works). Suffixes K, M, G.",
+    ),
+    cfg.IntOpt(
+        "scrub_interval",
+        default=86400,
+        min=1,
+        help="Seconds between two scrubs of the same image (a fill's own verification "
+        "counts as the first). With the default each image is re-read once a day.",
+    ),
+]
+
+prefetch_opts = [
+    cfg.IntOpt(
+        "workers",
+        default=2,
+        min=1,
+        help="Images prefetched at the same time from the queue that PUT /v2/cache/{id}, "
+        "'glance cache-queue' and 'edgecache cache queue' fill.",
+    ),
+    cfg.Opt(
+        "max_rate",
+        type=ByteSize(),
+        default="0",
+        help="Bytes per second all prefetches together may read from upstream (for "
+        "example 20M); 0 means no cap. A client that asks for an image being "
+        "prefetched joins that fill, which from then on reads at full speed.",
+    ),
+]
+
+cache_api_opts: list[cfg.Opt] = [
+    cfg.ListOpt(
+        "admin_roles",
+        default=["admin"],
+        help="Keystone roles allowed to use the cache-management API (/v2/cache, "
+        "/v2/cached_images, /v2/queued_images), like Glance's admin-only cache_* "
+        "policies: the roles of the caller's validated token decide. With "
+        "auth_strategy = noauth every caller is an administrator, as in Glance.",
+    ),
+]
+
+#: [upstream_auth]: keystoneauth1's own options, for the credentials prefetches use in
+#: keystone mode (the password plugin's options are shown in the sample).
+UPSTREAM_AUTH_GROUP = "upstream_auth"
+
+
+def _upstream_auth_opts() -> list[cfg.Opt]:
+    from keystoneauth1 import loading as ks_loading
+
+    opts: list[cfg.Opt] = []
+    seen: set[str] = set()
+    for opt in (
+        ks_loading.get_session_conf_options()
+        + ks_loading.get_auth_common_conf_options()
+        + ks_loading.get_auth_plugin_conf_options("password")
+    ):
+        if opt.dest not in seen:
+            seen.add(opt.dest)
+            opts.append(opt)
+    return opts
 
 _GROUPS: list[tuple[str | None, list[cfg.Opt]]] = [
     (None, default_opts),
+    (None, service_opts),
     ("cache", cache_opts),
     ("upstream", upstream_opts),
+    ("cache", scrub_opts),
+    ("prefetch", prefetch_opts),
+    ("cache_api", cache_api_opts),
 ]
 
 
 def list_opts() -> list[tuple[str | None, list[cfg.Opt]]]:
     """The options for oslo-config-generator (entry point ``oslo.config.opts``)."""
-    return [(group, list(opts)) for group, opts in _GROUPS]
+    return [(group, list(opts)) for group, opts in _GROUPS] + [
+        (UPSTREAM_AUTH_GROUP, _upstream_auth_opts())
+    ]
 
 
 @dataclass(frozen=True)
@@ -163,6 +291,8 @@ class CacheSettings:
     max_size: int
     stall_time: float = 86400.0
     verify: bool = True
+    scrub_rate: int = 50 << 20
+    scrub_interval: float = 86400.0
 
 
 @dataclass(frozen=True)
@@ -172,20 +302,64 @@ class UpstreamSettings:
     max_resume_attempts: int = 5
     connect_timeout: float = 10.0
     read_timeout: float = 300.0
+    serve_cached_on_upstream_failure: bool = False
+    offline_auth_ttl: float = 3600.0
+
+
+@dataclass(frozen=True)
+class PrefetchSettings:
+    workers: int = 2
+    max_rate: int = 0
+    #: a keystoneauth1 session holding the [upstream_auth] credentials (keystone mode),
+    #: or None: prefetches then send no token (noauth)
+    upstream_auth: Session | None = None
+
+
+@dataclass(frozen=True)
+class CacheApiSettings:
+    admin_roles: tuple[str, ...] = ("admin",)
 
 
 @dataclass(frozen=True)
 class Settings:
     cache: CacheSettings
     upstream: UpstreamSettings
+    prefetch: PrefetchSettings = PrefetchSettings()
+    cache_api: CacheApiSettings = CacheApiSettings()
     bind_host: str = "127.0.0.1"
     bind_port: int = 9292
     auth_strategy: str = "noauth"
+    client_socket_timeout: float = 60.0
+    #: the parsed configuration, for keystonemiddleware's [keystone_authtoken]
+    #: (auth_strategy = keystone), which reads its own options from it
+    keystone_conf: cfg.ConfigOpts | None = dataclasses.field(
+        default=None, compare=False, repr=False
+    )
+    debug: bool = False
+    log_file: str | None = None
+    shutdown_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class LiveSettings:
+    """The options a reload (SIGHUP) applies to the running daemon."""
+
+    max_size: int
+    debug: bool
+
+
+def live_settings(conf: cfg.ConfigOpts) -> LiveSettings:
+    """The mutable options' values now (after ``conf.mutate_config_files()``)."""
+    try:
+        return LiveSettings(max_size=conf.cache.max_size, debug=conf.debug)
+    except cfg.ConfigFileValueError as exc:  # values are converted when read
+        raise ConfigError(_plain_value_error(exc)) from exc
 
 
 def register(conf: cfg.ConfigOpts) -> None:
     for group, opts in _GROUPS:
         conf.register_opts(opts, group=group)
+    _register_upstream_auth(conf)
 
 
 def load(argv: Sequence[str], conf: cfg.ConfigOpts | None = None) -> Settings:
@@ -209,7 +383,7 @@ def load(argv: Sequence[str], conf: cfg.ConfigOpts | None = None) -> Settings:
 def settings_from(conf: cfg.ConfigOpts) -> Settings:
     """Validate the parsed options and freeze them."""
     try:
-        return _settings_from(conf)
+        return _with_operator_settings(conf, _settings_from(conf))
     except cfg.ConfigFileValueError as exc:  # oslo.config converts values when read
         raise ConfigError(_plain_value_error(exc)) from exc
     except (cfg.Error, ValueError) as exc:
@@ -234,6 +408,11 @@ def _settings_from(conf: cfg.ConfigOpts) -> Settings:
         bind_host=conf.bind_host,
         bind_port=conf.bind_port,
         auth_strategy=conf.auth_strategy,
+        client_socket_timeout=float(conf.client_socket_timeout),
+        keystone_conf=conf if conf.auth_strategy == "keystone" else None,
+        debug=conf.debug,
+        log_file=conf.log_file or None,
+        shutdown_timeout=float(conf.shutdown_timeout),
         cache=CacheSettings(
             directory=conf.cache.directory,
             max_size=conf.cache.max_size,
@@ -246,11 +425,73 @@ def _settings_from(conf: cfg.ConfigOpts) -> Settings:
             max_resume_attempts=conf.upstream.max_resume_attempts,
             connect_timeout=conf.upstream.connect_timeout,
             read_timeout=conf.upstream.read_timeout,
+            serve_cached_on_upstream_failure=conf.upstream.serve_cached_on_upstream_failure,
+            offline_auth_ttl=float(conf.upstream.offline_auth_ttl),
         ),
     )
-    if settings.auth_strategy != "noauth":
-        raise ConfigError(
-            f"auth_strategy = {settings.auth_strategy} is not supported by this release yet; "
-            "set auth_strategy = noauth"
-        )
+    if settings.auth_strategy == "keystone":
+        _check_keystone_authtoken(conf)
     return settings
+
+
+def _check_keystone_authtoken(conf: cfg.ConfigOpts) -> None:
+    """[keystone_authtoken] must name an auth plugin: it is how tokens get validated."""
+    from keystonemiddleware import auth_token
+
+    for group, opts in auth_token.list_opts():
+        conf.register_opts(opts, group=group)
+    if not conf.keystone_authtoken.auth_type:
+        raise ConfigError(
+            "auth_strategy = keystone needs [keystone_authtoken] auth_type (for example "
+            "password, with auth_url, username, password, project_name, ...), as for Glance"
+        )
+
+
+def _register_upstream_auth(conf: cfg.ConfigOpts) -> None:
+    from keystoneauth1 import loading as ks_loading
+
+    ks_loading.register_session_conf_options(conf, UPSTREAM_AUTH_GROUP)
+    ks_loading.register_auth_conf_options(conf, UPSTREAM_AUTH_GROUP)
+
+
+def _with_operator_settings(conf: cfg.ConfigOpts, settings: Settings) -> Settings:
+    """Add the scrubber, prefetch and cache-API settings (issue 4's options)."""
+    return dataclasses.replace(
+        settings,
+        cache=dataclasses.replace(
+            settings.cache,
+            scrub_rate=conf.cache.scrub_rate,
+            scrub_interval=float(conf.cache.scrub_interval),
+        ),
+        prefetch=PrefetchSettings(
+            workers=conf.prefetch.workers,
+            max_rate=conf.prefetch.max_rate,
+            upstream_auth=(
+                _upstream_auth_session(conf) if settings.auth_strategy == "keystone" else None
+            ),
+        ),
+        cache_api=CacheApiSettings(
+            admin_roles=tuple(r.strip() for r in conf.cache_api.admin_roles if r.strip()),
+        ),
+    )
+
+
+def _upstream_auth_session(conf: cfg.ConfigOpts) -> Session | None:
+    """keystoneauth1 conf loading of [upstream_auth]; None when no auth_type is set.
+
+    Nothing is sent to Keystone here: the session asks for a token when a
+    prefetch first needs one, and renews it before it expires.
+    """
+    from keystoneauth1 import exceptions as ks_exceptions
+    from keystoneauth1 import loading as ks_loading
+
+    try:
+        plugin = ks_loading.load_auth_from_conf_options(conf, UPSTREAM_AUTH_GROUP)
+    except ks_exceptions.ClientException as exc:
+        raise ConfigError(f"[{UPSTREAM_AUTH_GROUP}]: {exc}") from exc
+    if plugin is None:
+        return None
+    session: Session = ks_loading.load_session_from_conf_options(
+        conf, UPSTREAM_AUTH_GROUP, auth=plugin
+    )
+    return session

@@ -116,6 +116,22 @@ class DiskStore:
         """Whether new files can be created in the cache (disk not read-only or gone)."""
         return os.access(self.incomplete_dir, os.W_OK | os.X_OK)
 
+    def probe_write(self) -> str | None:
+        """Create and remove a file in ``incomplete/``: None if that works, else why not.
+
+        ``os.access`` answers from permission bits; a vanished or remounted
+        directory, or a full inode table, only shows when a file is created.
+        A probe left by a crash is swept with the other partials at start.
+        """
+        path = self.incomplete_dir / f".probe.{secrets.token_hex(4)}"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            return f"cannot create files in {self.incomplete_dir}: {exc.strerror}"
+        os.close(fd)
+        _unlink(path)
+        return None
+
 
 def _unlink(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):

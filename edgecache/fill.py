@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Protocol
 
 from edgecache.errors import ChecksumMismatch, FillAborted, ShortBody
 from edgecache.upstream import ImageBody, ImageMeta
@@ -28,6 +29,18 @@ from edgecache.upstream import ImageBody, ImageMeta
 #: Writes (and hash updates) allowed in flight before the pump waits; with
 #: upstream reads of up to ~2 MiB this bounds a fill's buffered memory.
 _MAX_IN_FLIGHT = 4
+
+
+class Throttle(Protocol):
+    """Paces a prefetch's upstream reads (see :mod:`edgecache.prefetch`)."""
+
+    async def take(self, amount: int) -> None:
+        """Wait as long as reading ``amount`` more bytes costs under the cap."""
+        ...
+
+    def lift(self) -> None:
+        """End every wait now and for good: a live caller joined."""
+        ...
 
 
 class Fill:
@@ -42,8 +55,11 @@ class Fill:
         fd: int,
         verify: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        on_received: Callable[[int], None] | None = None,
     ) -> None:
         self.meta = meta
+        #: sees every upstream chunk as it arrives, so byte counters move during a long fill
+        self._on_received = on_received
         self.image_id = meta.id
         self.size = size
         self.partial = partial
@@ -66,6 +82,8 @@ class Fill:
         self.started: asyncio.Future[None] = loop.create_future()
         self._progress: asyncio.Future[None] = loop.create_future()
         self.readers = 0
+        #: set for a prefetch: reads are paced until a live caller joins (lift_throttle)
+        self.throttle: Throttle | None = None
 
     # -- the reader's side ----------------------------------------------------------
 
@@ -94,6 +112,12 @@ class Fill:
         return os.dup(self.fd)
 
     # -- the writer's side ----------------------------------------------------------
+
+    def lift_throttle(self) -> None:
+        """A live caller joined: read as fast as upstream sends from now on."""
+        throttle, self.throttle = self.throttle, None
+        if throttle is not None:
+            throttle.lift()
 
     def mark_started(self) -> None:
         if not self.started.done():
@@ -142,6 +166,8 @@ class Fill:
         hashes: deque[asyncio.Future[None]] = deque()
         try:
             async for piece in body.chunks():
+                if self._on_received is not None:
+                    self._on_received(len(piece))
                 chunk = piece
                 if skip:
                     dropped = min(skip, len(chunk))
@@ -161,6 +187,9 @@ class Fill:
                 self.last_progress = self._clock()
                 await _drain(writes, _MAX_IN_FLIGHT)
                 await _drain(hashes, _MAX_IN_FLIGHT)
+                if self.throttle is not None:
+                    # Not reading stops the socket: TCP then paces upstream itself.
+                    await self.throttle.take(len(piece))
         finally:
             # The threads run their queues in order, so a later pump's writes
             # and hash updates can only follow these; still, wait for them so a

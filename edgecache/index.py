@@ -44,11 +44,20 @@ class Entry:
         )
 
     def matches(self, meta: ImageMeta) -> bool:
-        """Whether upstream still describes the bytes this entry holds."""
+        """Whether upstream still describes the bytes this entry holds.
+
+        The hashes say it when the image carries one (a property edit changes
+        ``updated_at`` but never the bytes of an active image). An image with no
+        hash at all (a location added by an admin) has only its size, so there
+        a changed ``updated_at`` counts as changed bytes: refetch, never serve.
+        """
         return (
             meta.size == self.size
             and meta.os_hash_value == self.os_hash_value
             and meta.checksum == self.checksum
+            and (
+                bool(self.os_hash_value or self.checksum) or meta.updated_at == self.updated_at
+            )
         )
 
     def to_record(self) -> dict[str, Any]:

@@ -15,6 +15,8 @@ LATENCY_BUCKETS = (
 )
 
 REQUEST_RESULTS = ("hit", "miss", "coalesced", "error")
+#: ``UpstreamError.reason`` values; declared up front so rate() and alerts see a 0, not nothing.
+UPSTREAM_ERROR_REASONS = ("connect", "timeout", "status", "body", "size")
 
 
 class Metrics:
@@ -24,7 +26,10 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.image_requests = Counter(
-            "edgecache_image_requests", "Image-data requests by outcome.", ["result"], registry=r
+            "edgecache_image_requests",
+            "Image-data requests by outcome. A miss or coalesced request whose fill then "
+            "fails is counted again as error.",
+            ["result"], registry=r,
         )
         self.served_bytes = Counter(
             "edgecache_served_bytes", "Image bytes sent to clients, by where they came from.",
@@ -82,3 +87,7 @@ class Metrics:
             self.image_requests.labels(result=result)
         for source in ("cache", "upstream"):
             self.served_bytes.labels(source=source)
+        for result in REQUEST_RESULTS[:3]:
+            self.time_to_first_byte.labels(result=result)
+        for reason in UPSTREAM_ERROR_REASONS:
+            self.upstream_errors.labels(reason=reason)

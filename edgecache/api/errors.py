@@ -20,6 +20,8 @@ MAX_REQUEST_ID_LENGTH = 64
 REQUEST_ID_KEY = web.RequestKey("edgecache.request_id", str)
 #: which route answered, for per-route durations and the access log
 ROUTE_KEY = web.RequestKey("edgecache.route", str)
+#: how an image request was answered (hit, miss, coalesced, error), for the access log
+CACHE_RESULT_KEY = web.RequestKey("edgecache.cache_result", str)
 
 _PRINTABLE = re.compile(r"^[\x21-\x7e]+$")
 

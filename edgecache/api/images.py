@@ -4,6 +4,11 @@ Glance decides first (the caller's own ``GET /v2/images/{id}``, reused for
 ``auth_cache_ttl``); only an ``active`` image it lets the caller see is served
 from the cache. Every other state goes to Glance, whose answer (204, 403, ...)
 the caller gets unchanged.
+
+A 404 for an image edgecache holds may mean it was deleted upstream: the
+:class:`~edgecache.deletions.DeletionCheck` decides whether to purge it. When no
+Glance answers at all, a cached copy is served only to a caller Glance granted
+that image to within ``offline_auth_ttl`` (``serve_cached_on_upstream_failure``).
 """
 
 from __future__ import annotations
@@ -17,10 +22,17 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from edgecache.api import proxy
-from edgecache.api.errors import REQUEST_ID_HEADER, REQUEST_ID_KEY, error_response
+from edgecache.api.authn import caller_identity
+from edgecache.api.errors import (
+    CACHE_RESULT_KEY,
+    REQUEST_ID_HEADER,
+    REQUEST_ID_KEY,
+    error_response,
+)
 from edgecache.api.ranges import BadRange, ByteRange, UnsatisfiableRange, requested_range
 from edgecache.api.streaming import ClientGone, abort, send_fd
 from edgecache.cache import ImageCache
+from edgecache.deletions import DeletionCheck
 from edgecache.errors import FillAborted, UpstreamError, UpstreamRefused
 from edgecache.metadata import MetadataCache
 from edgecache.metrics import Metrics
@@ -40,6 +52,8 @@ class ImageService:
     metadata: MetadataCache
     upstream: GlanceUpstream
     metrics: Metrics
+    #: purges images deleted upstream (None: never, as in bare tests)
+    deletions: DeletionCheck | None = None
 
 
 class _FirstByte:
@@ -61,35 +75,60 @@ class _FirstByte:
         self._bytes.inc(count)
 
 
+def _count(request: web.Request, metrics: Metrics, result: str) -> None:
+    """Count the request's outcome and keep it for the access line (the last one wins)."""
+    metrics.image_requests.labels(result=result).inc()
+    request[CACHE_RESULT_KEY] = result
+
+
+async def _pass_through(
+    request: web.Request, service: ImageService, path_qs: str
+) -> web.StreamResponse:
+    """An image request Glance answers itself: its bytes are upstream bytes served."""
+    _count(request, service.metrics, "miss")
+    response, _ = await proxy.forward(
+        request, service.upstream, path_qs,
+        metrics=service.metrics, on_sent=_FirstByte(service.metrics, "miss", "upstream"),
+    )
+    return response
+
+
 async def image_data(
     request: web.Request, service: ImageService, image_id: str, path_qs: str
 ) -> web.StreamResponse:
     """Answer an image-data GET or HEAD."""
     metrics = service.metrics
     if not _IMAGE_ID.fullmatch(image_id):
-        metrics.image_requests.labels(result="error").inc()
+        _count(request, metrics, "error")
         return error_response(404, f"No image found with ID {image_id[:64]}")
     call_headers = forwarded(request.headers)
     call_headers[REQUEST_ID_HEADER] = request[REQUEST_ID_KEY]
+    offline = False
     try:
         meta = await service.metadata.get(image_id, call_headers)
     except UpstreamRefused as refusal:
-        metrics.image_requests.labels(result="error").inc()
+        _count(request, metrics, "error")
+        if refusal.status == 404 and service.deletions is not None:
+            identity = caller_identity(request)
+            service.deletions.not_found(
+                image_id, caller_is_admin=identity is not None and identity.is_admin
+            )
         return relay(refusal)
     except UpstreamError as exc:
-        metrics.image_requests.labels(result="error").inc()
         metrics.upstream_errors.labels(reason=exc.reason).inc()
         LOG.warning("image %s: no upstream answer: %s", image_id, exc)
-        return unavailable()
+        remembered = service.metadata.offline_answer(image_id, call_headers)
+        if remembered is None:
+            _count(request, metrics, "error")
+            return unavailable()
+        meta, offline = remembered, True
 
     if meta.status != "active":
         # Not servable from a cache: deactivated (403 unless admin), queued (204)...
         # Glance gives the answer; a copy we hold of it is stale.
         if image_id in service.cache.index:
             service.cache.evict_soon(image_id)
-        metrics.image_requests.labels(result="miss").inc()
-        response, _ = await proxy.forward(request, service.upstream, path_qs)
-        return response
+        return await _pass_through(request, service, path_qs)
 
     byte_range: ByteRange | None = None
     if meta.size is not None:
@@ -98,47 +137,52 @@ async def image_data(
                 request.headers.get("Range"), request.headers.get("Content-Range"), meta.size
             )
         except BadRange as exc:
-            metrics.image_requests.labels(result="error").inc()
+            _count(request, metrics, "error")
             return error_response(400, str(exc))
         except UnsatisfiableRange as exc:
-            metrics.image_requests.labels(result="error").inc()
+            _count(request, metrics, "error")
             return error_response(416, str(exc), **{"Content-Range": f"bytes */{meta.size}"})
 
     entry = service.cache.committed(meta)
     if entry is not None:
         hit = service.cache.open_hit(entry)
         if hit is not None:
-            metrics.image_requests.labels(result="hit").inc()
+            _count(request, metrics, "hit")
+            LOG.debug("image %s: hit (%d bytes)", image_id, entry.size)
             try:
                 return await _send_hit(request, meta, hit.fd, byte_range, metrics)
             finally:
                 os.close(hit.fd)
+    if offline:
+        # Nothing cached to serve, and nobody upstream to fetch it from.
+        _count(request, metrics, "error")
+        return unavailable()
 
     if byte_range is not None or meta.size is None:
         # Glance never fills its cache from a partial read (LP#1664709); neither do we.
-        metrics.image_requests.labels(result="miss").inc()
-        response, _ = await proxy.forward(request, service.upstream, path_qs)
-        return response
+        return await _pass_through(request, service, path_qs)
     if request.method == "HEAD":
-        metrics.image_requests.labels(result="miss").inc()
+        _count(request, metrics, "miss")
         response = image_response(meta, None)
         await response.prepare(request)
         return response
 
     joined = service.cache.fill_for(meta, call_headers)
     if joined is None:
-        metrics.image_requests.labels(result="miss").inc()
-        response, _ = await proxy.forward(request, service.upstream, path_qs)
-        return response
+        return await _pass_through(request, service, path_qs)
     fill, started_now = joined
     # A fill that already verified every byte is as good as a committed file.
     result = "miss" if started_now else "hit" if fill.verified else "coalesced"
-    metrics.image_requests.labels(result=result).inc()
+    _count(request, metrics, result)
+    LOG.debug("image %s: %s, %s its fill", image_id, result,
+              "started" if started_now else "joined")
     try:
         await fill.wait_started()
     except UpstreamRefused as refusal:
+        _count(request, metrics, "error")
         return relay(refusal)
     except (UpstreamError, FillAborted) as exc:
+        _count(request, metrics, "error")
         LOG.warning("image %s: fill could not start: %s", image_id, exc)
         return unavailable()
 
@@ -155,7 +199,7 @@ async def image_data(
             await fill.wait_readable(0)
     except FillAborted as exc:
         LOG.error("image %s: aborting the response: %s", image_id, exc)
-        metrics.image_requests.labels(result="error").inc()
+        _count(request, metrics, "error")
         abort(request)
         return response  # aiohttp's write_eof meets a closed transport: no clean end
     except ClientGone:

@@ -8,6 +8,7 @@ usual Glance deployments under uWSGI reject chunked uploads.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import aiohttp
 from aiohttp import web
@@ -16,6 +17,7 @@ from multidict import CIMultiDict, MultiMapping
 from edgecache.api.errors import REQUEST_ID_HEADER, REQUEST_ID_KEY, error_response
 from edgecache.api.streaming import abort
 from edgecache.errors import UpstreamError
+from edgecache.metrics import Metrics
 from edgecache.upstream.glance import GlanceUpstream
 
 LOG = logging.getLogger(__name__)
@@ -42,9 +44,18 @@ def end_to_end(headers: MultiMapping[str]) -> CIMultiDict[str]:
 
 
 async def forward(
-    request: web.Request, upstream: GlanceUpstream, path_qs: str
+    request: web.Request,
+    upstream: GlanceUpstream,
+    path_qs: str,
+    *,
+    metrics: Metrics | None = None,
+    on_sent: Callable[[int], None] | None = None,
 ) -> tuple[web.StreamResponse, int]:
-    """Relay ``request`` to ``path_qs`` upstream; returns the response and its status."""
+    """Relay ``request`` to ``path_qs`` upstream; returns the response and its status.
+
+    ``metrics`` counts upstream failures; ``on_sent(n)`` sees each chunk of a 2xx
+    body relayed (image bytes served without the cache are counted by the caller).
+    """
     headers = end_to_end(request.headers)
     if REQUEST_ID_HEADER not in headers:
         headers[REQUEST_ID_HEADER] = request[REQUEST_ID_KEY]
@@ -55,6 +66,8 @@ async def forward(
         )
     except UpstreamError as exc:
         LOG.warning("passthrough %s %s: %s", request.method, path_qs, exc)
+        if metrics is not None:
+            metrics.upstream_errors.labels(reason=exc.reason).inc()
         return error_response(503, "The image service is unavailable; try again."), 503
     async with upstream_response:
         response = web.StreamResponse(
@@ -69,8 +82,13 @@ async def forward(
         try:
             async for chunk in upstream_response.content.iter_any():
                 await response.write(chunk)
+                if on_sent is not None and 200 <= upstream_response.status < 300:
+                    on_sent(len(chunk))
         except (TimeoutError, aiohttp.ClientError) as exc:
             LOG.warning("passthrough %s %s broke off: %r", request.method, path_qs, exc)
+            if metrics is not None and not isinstance(exc, ConnectionResetError):
+                # (a write to a client that left raises a ConnectionResetError too)
+                metrics.upstream_errors.labels(reason="body").inc()
             abort(request)
             return response, upstream_response.status
         await response.write_eof()

@@ -10,8 +10,20 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
-_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)\s*-\s*(\d+)\s*/\s*(\d+|\*)\s*$", re.IGNORECASE)
+# re.ASCII: RFC 9110's DIGIT is 0-9 only (\d would take '٣' and int() would read it).
+_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE | re.ASCII)
+_CONTENT_RANGE = re.compile(
+    r"^\s*bytes\s+(\d+)\s*-\s*(\d+)\s*/\s*(\d+|\*)\s*$", re.IGNORECASE | re.ASCII
+)
+
+
+#: Digits past which a number exceeds any image (and int() refuses past 4300 digits).
+_MAX_DIGITS = 30
+
+
+def _number(digits: str) -> int:
+    """The value of a run of ASCII digits, capped far beyond any image size."""
+    return int(digits) if len(digits) <= _MAX_DIGITS else 10**_MAX_DIGITS
 
 
 class BadRange(ValueError):
@@ -60,14 +72,14 @@ def parse_range(header: str, size: int) -> ByteRange:
     if not first:
         # A suffix range 'bytes=-N' asks for the last N bytes; webob honours it only
         # when N is smaller than the image, and otherwise starts at 0.
-        suffix = int(last)
+        suffix = _number(last)
         if suffix == 0:
             raise UnsatisfiableRange("zero-length suffix range")
         start = size - suffix if suffix < size else 0
         stop = size
     else:
-        start = int(first)
-        stop = int(last) + 1 if last else size
+        start = _number(first)
+        stop = _number(last) + 1 if last else size
         if last and stop <= start:
             raise UnsatisfiableRange("range ends before it starts")
         stop = min(stop, size)
@@ -80,7 +92,7 @@ def parse_content_range(header: str, size: int) -> ByteRange:
     match = _CONTENT_RANGE.match(header)
     if match is None:
         raise UnsatisfiableRange(f"unparsable Content-Range {header[:80]!r}")
-    start, last = int(match.group(1)), int(match.group(2))
+    start, last = _number(match.group(1)), _number(match.group(2))
     if last < start or start >= size:
         raise UnsatisfiableRange("Content-Range outside the image")
     return ByteRange(start, min(last + 1, size))

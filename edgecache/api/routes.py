@@ -9,6 +9,7 @@ own path prefix.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -17,7 +18,9 @@ from urllib.parse import unquote
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from edgecache.api import images, proxy, versions
+from edgecache import logs
+from edgecache.api import cache_api, health, images, proxy, versions
+from edgecache.api.access import log_cancelled
 from edgecache.api.errors import (
     REQUEST_ID_HEADER,
     REQUEST_ID_KEY,
@@ -49,7 +52,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         return metrics_response(service)
     if raw_path == "/healthcheck" and request.method in ("GET", "HEAD"):
         request[ROUTE_KEY] = "healthcheck"
-        return healthcheck(service)
+        return await health.healthcheck(request, service)
 
     match = _V2.match(raw_path)
     if match is None:
@@ -69,6 +72,9 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     rest = match["rest"]
     query = request.rel_url.raw_query_string
     path_qs = rest + (f"?{query}" if query else "")
+    if cache_api.handles(rest):
+        request[ROUTE_KEY] = "cache_api"
+        return await cache_api.handle(request, rest)
     image_file = _IMAGE_FILE.match(rest)
     if image_file is not None and request.method in ("GET", "HEAD"):
         request[ROUTE_KEY] = "image_data"
@@ -97,27 +103,25 @@ def metrics_response(service: images.ImageService) -> web.Response:
     return response
 
 
-def healthcheck(service: images.ImageService) -> web.Response:
-    """200 while the cache can take new images; 503 when its directory is unusable."""
-    if service.cache.store.usable():
-        return web.Response(text="OK", content_type="text/plain")
-    return web.Response(status=503, text="cache directory is not writable",
-                        content_type="text/plain")
-
-
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Request id in and out, and the duration of every request by route."""
+    """Request id in and out (and on every log line), the duration of every request by route."""
     started = time.monotonic()
     caller_id = request.headers.get(REQUEST_ID_HEADER)
     problem = bad_request_id(caller_id)
     request[REQUEST_ID_KEY] = request_id_for(None if problem else caller_id)
+    # Tasks started from here (a fill) copy the context: their lines keep this id.
+    token = logs.REQUEST_ID.set(request[REQUEST_ID_KEY])
     try:
         if problem is not None:
             request[ROUTE_KEY] = "rejected"
             return error_response(431, problem)
         return await handler(request)
+    except asyncio.CancelledError:
+        log_cancelled(request, time.monotonic() - started)  # aiohttp logs no access line
+        raise
     finally:
+        logs.REQUEST_ID.reset(token)
         route = request.get(ROUTE_KEY, "unknown")
         request.app[SERVICE_KEY].metrics.request_duration.labels(route=route).observe(
             time.monotonic() - started

@@ -18,6 +18,10 @@ from aiohttp import web
 #: enough that 8 or 50 clients interleave fairly.
 SLICE = 2 << 20
 
+#: Bytes a response sent with sendfile: they bypass aiohttp's writer, so its
+#: byte count (``body_length``) misses them; the access line adds them back.
+SENDFILE_BYTES_KEY = web.RequestKey("edgecache.sendfile_bytes", int)
+
 
 class ClientGone(ConnectionResetError):
     """The client closed its connection (not an error of ours)."""
@@ -55,6 +59,7 @@ async def send_fd(
                 except (ConnectionError, RuntimeError) as exc:
                     raise ClientGone(str(exc)) from exc
                 offset += count
+                request[SENDFILE_BYTES_KEY] = request.get(SENDFILE_BYTES_KEY, 0) + count
                 if on_sent is not None:
                     on_sent(count)
 

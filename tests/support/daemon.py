@@ -61,15 +61,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def _env() -> dict[str, str]:
-    """The test's environment, with the checkout importable and no systemd socket."""
+def _env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The test's environment, with the checkout importable and no systemd socket.
+
+    ``extra`` (e.g. a test's own ``NOTIFY_SOCKET`` and ``WATCHDOG_USEC``) goes on top.
+    """
     env = dict(os.environ)
-    env.pop("NOTIFY_SOCKET", None)
-    env.pop("CACHE_DIRECTORY", None)
+    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "CACHE_DIRECTORY"):
+        env.pop(name, None)
     env["PYTHONPATH"] = os.pathsep.join(
         [str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])]
     )
     env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
     return env
 
 
@@ -101,7 +105,11 @@ class Daemon:
         bind_port: int | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         start_timeout: float = START_TIMEOUT,
+        options: Mapping[str, Mapping[str, str]] | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
+        """``options`` adds or overrides config values by section (``{"DEFAULT": {...}}``);
+        ``env`` adds environment variables for the daemon."""
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else self.workdir / "cache"
@@ -110,22 +118,53 @@ class Daemon:
         self.config_file = self.workdir / "edgecache.conf"
         self.log_file = self.workdir / "edgecache.log"
         self.start_timeout = start_timeout
-        self.config_file.write_text(
-            "[DEFAULT]\n"
-            f"bind_host = {self.host}\n"
-            f"bind_port = {self.port}\n"
-            "auth_strategy = noauth\n"
-            "\n[cache]\n"
-            f"directory = {self.cache_dir}\n"
-            f"max_size = {max_size}\n"
-            f"stall_time = {stall_time}\n"
-            "\n[upstream]\n"
-            f"glance_endpoints = {','.join(glance_endpoints)}\n"
-            f"auth_cache_ttl = {auth_cache_ttl}\n"
-        )
+        self.env = dict(env or {})
+        self.options: dict[str, dict[str, str]] = {
+            "DEFAULT": {
+                "bind_host": self.host,
+                "bind_port": str(self.port),
+                "auth_strategy": "noauth",
+            },
+            "cache": {
+                "directory": str(self.cache_dir),
+                "max_size": max_size,
+                "stall_time": str(stall_time),
+            },
+            "upstream": {
+                "glance_endpoints": ",".join(glance_endpoints),
+                "auth_cache_ttl": str(auth_cache_ttl),
+            },
+        }
+        self.reconfigure(options or {})
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self.starts = 0
+
+    def reconfigure(self, options: Mapping[str, Mapping[str, str]]) -> None:
+        """Merge ``options`` into the config file (a running daemon sees them on SIGHUP)."""
+        for section, values in options.items():
+            self.options.setdefault(section, {}).update(values)
+        self.config_file.write_text(
+            "\n".join(
+                f"[{section}]\n" + "".join(f"{key} = {value}\n" for key, value in values.items())
+                for section, values in self.options.items()
+            )
+        )
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to the running daemon (no waiting)."""
+        os.kill(self.pid, signum)
+
+    def wait(self, timeout: float = STOP_TIMEOUT) -> int:
+        """Wait for the daemon to exit by itself; its exit status (the process is reaped)."""
+        proc = self._proc
+        if proc is None:
+            raise RuntimeError("the daemon is not running")
+        try:
+            return proc.wait(timeout)
+        finally:
+            if proc.returncode is not None:
+                self._release()
 
     # -- paths ------------------------------------------------------------------------
 
@@ -180,7 +219,7 @@ class Daemon:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                env=_env(),
+                env=_env(self.env),
                 cwd=self.workdir,
             )
         except BaseException:

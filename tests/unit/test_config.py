@@ -69,7 +69,8 @@ def test_sample_config_is_current(tmp_path: Path) -> None:
     generated = tmp_path / "edgecache.conf.sample"
     subprocess.run(
         [sys.executable, "-m", "oslo_config.generator", "--namespace", "edgecache",
-         "--wrap-width", "79", "--output-file", str(generated)],
+         "--namespace", "keystonemiddleware.auth_token", "--wrap-width", "79",
+         "--output-file", str(generated)],
         check=True, cwd=REPO,
     )
     shipped = REPO / "etc" / "edgecache" / "edgecache.conf.sample"
@@ -77,3 +78,19 @@ def test_sample_config_is_current(tmp_path: Path) -> None:
         "etc/edgecache/edgecache.conf.sample is stale: run "
         "oslo-config-generator --config-file etc/edgecache/edgecache-config-generator.conf"
     )
+
+
+def test_keystone_needs_an_auth_plugin_in_keystone_authtoken(tmp_path: Path) -> None:
+    base = "[DEFAULT]\nauth_strategy = keystone\n[upstream]\nglance_endpoints = http://g:9292\n"
+    with pytest.raises(ConfigError, match=r"\[keystone_authtoken\] auth_type"):
+        config.load(["--config-file", _write(tmp_path, base)])
+    settings = config.load(["--config-file", _write(tmp_path, base + (
+        "serve_cached_on_upstream_failure = true\noffline_auth_ttl = 120\n"
+        "[keystone_authtoken]\nauth_type = password\nauth_url = http://k:5000/v3\n"
+        "username = edgecache\npassword = pw\nproject_name = service\n"
+    ))])
+    assert settings.auth_strategy == "keystone"
+    assert settings.keystone_conf is not None
+    assert settings.keystone_conf.keystone_authtoken.auth_type == "password"
+    assert settings.upstream.serve_cached_on_upstream_failure
+    assert settings.upstream.offline_auth_ttl == 120

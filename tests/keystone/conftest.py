@@ -214,6 +214,10 @@ def glance_stopped(world: World) -> Iterator[None]:
     assert master is not None
     os.killpg(master, signal.SIGKILL)
     world.glance.stop()  # reaps it
+    # SIGKILL is delivered at once, but workers can take a moment to finish dying.
+    deadline = time.monotonic() + 10
+    while _live_group(master) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert world.glance.pid is None and not _live_group(master)
     try:
         yield

@@ -70,6 +70,7 @@ async def _service(app: web.Application) -> AsyncIterator[None]:
         upstream_settings.glance_endpoints,
         connect_timeout=upstream_settings.connect_timeout,
         read_timeout=upstream_settings.read_timeout,
+        http_proxy=upstream_settings.http_proxy,
     ) as upstream:
         cache = ImageCache(
             DiskStore(settings.cache.directory),

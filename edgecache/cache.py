@@ -67,6 +67,9 @@ class ImageCache:
         self._housekeeping: asyncio.Task[None] | None = None
         #: background removals of evicted files, by image (a commit of the same id waits)
         self._removals: dict[str, asyncio.Task[None]] = {}
+        #: set while no demand fill runs (see demand_fills): prefetches wait on it
+        self._demand_idle = asyncio.Event()
+        self._demand_idle.set()
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -125,7 +128,36 @@ class ImageCache:
         self._dirty.add(entry.image_id)
         return Hit(entry, fd)
 
+    # -- fairness: demand fills before prefetch fills ------------------------------------
+
+    @property
+    def demand_fills(self) -> int:
+        """Fills running for a live caller (started by one, or a prefetch one joined)."""
+        return sum(1 for fill in self.fills.values() if fill.throttle is None)
+
+    def _demand_changed(self) -> None:
+        if self.demand_fills:
+            self._demand_idle.clear()
+        else:
+            self._demand_idle.set()
+
+    async def demand_idle(self) -> None:
+        """Wait until no demand fill runs (prefetches start only then)."""
+        await self._demand_idle.wait()
+
     # -- fills --------------------------------------------------------------------------
+
+    def fill_in_progress(self, meta: ImageMeta) -> Fill | None:
+        """The running fill of exactly the bytes ``meta`` describes, if any (joined as is).
+
+        A live caller joining a prefetch's fill lifts its throttle.
+        """
+        fill = self.fills.get(meta.id)
+        if fill is None or fill.error is not None or not fill.meta.same_content(meta):
+            return None
+        fill.lift_throttle()
+        self._demand_changed()
+        return fill
 
     def fill_for(
         self, meta: ImageMeta, headers: Mapping[str, str], *, throttle: Throttle | None = None
@@ -141,6 +173,7 @@ class ImageCache:
         if fill is not None and fill.error is None:
             if throttle is None:
                 fill.lift_throttle()
+                self._demand_changed()
             return fill, False
         size = meta.size
         if size is None:
@@ -167,6 +200,7 @@ class ImageCache:
         self.fills[meta.id] = fill
         task = asyncio.create_task(self._run_fill(fill, dict(headers)), name=f"fill-{meta.id}")
         self._fill_tasks[meta.id] = task
+        self._demand_changed()
         self._publish()
         return fill, True
 
@@ -213,6 +247,7 @@ class ImageCache:
                 self.reserved -= fill.size
             if self.fills.get(fill.image_id) is fill:
                 del self.fills[fill.image_id]
+            self._demand_changed()
             if self._fill_tasks.get(fill.image_id) is asyncio.current_task():
                 del self._fill_tasks[fill.image_id]
             # Closing the last descriptor of an unlinked multi-GiB file frees its

@@ -181,6 +181,14 @@ upstream_opts = [
         help="Seconds to wait for the next bytes of an upstream response before the "
         "request (or fill) fails.",
     ),
+    cfg.StrOpt(
+        "http_proxy",
+        help="URL of an HTTP proxy (http://host:port) that image-data downloads "
+        "(GET /v2/images/{id}/file, and their Range resumes) go through, for example "
+        "a P2P distribution agent on this host such as Dragonfly's dfdaemon. Metadata "
+        "and every other call go straight to Glance. A proxy that refuses the "
+        "connection is bypassed for that download. Unset: no proxy.",
+    ),
     cfg.BoolOpt(
         "serve_cached_on_upstream_failure",
         default=False,
@@ -304,6 +312,8 @@ class UpstreamSettings:
     read_timeout: float = 300.0
     serve_cached_on_upstream_failure: bool = False
     offline_auth_ttl: float = 3600.0
+    #: proxy for image-data downloads, or None
+    http_proxy: str | None = None
 
 
 @dataclass(frozen=True)
@@ -404,6 +414,11 @@ def _settings_from(conf: cfg.ConfigOpts) -> Settings:
     for endpoint in endpoints:
         if not re.match(r"^https?://[^/]+", endpoint):
             raise ConfigError(f"[upstream] glance_endpoints: {endpoint!r} is not an http(s) URL")
+    http_proxy = (conf.upstream.http_proxy or "").strip() or None
+    if http_proxy is not None and not re.match(r"^https?://[^/]+/?$", http_proxy):
+        raise ConfigError(
+            f"[upstream] http_proxy: {http_proxy!r} is not a proxy URL (http://host:port)"
+        )
     settings = Settings(
         bind_host=conf.bind_host,
         bind_port=conf.bind_port,
@@ -427,6 +442,7 @@ def _settings_from(conf: cfg.ConfigOpts) -> Settings:
             read_timeout=conf.upstream.read_timeout,
             serve_cached_on_upstream_failure=conf.upstream.serve_cached_on_upstream_failure,
             offline_auth_ttl=float(conf.upstream.offline_auth_ttl),
+            http_proxy=http_proxy,
         ),
     )
     if settings.auth_strategy == "keystone":

@@ -46,6 +46,10 @@ MAX_ATTEMPTS = 5
 MAX_BACKOFF = 60.0
 RESULTS = ("cached", "present", "failed")
 MAX_FAILURES_KEPT = 100
+#: While live callers' fills run, a running prefetch reads one piece per this many
+#: seconds (a pause long enough to leave them the link, short enough that upstream
+#: does not give up on the idle connection).
+DEMAND_YIELD = 1.0
 
 
 class MetadataSource(Protocol):
@@ -128,16 +132,46 @@ class PrefetchQueue:
             self._index = None
 
 
-class _PacedFill:
-    """The throttle of one prefetch fill: the shared bucket, until a live caller joins."""
+class DemandGauge(Protocol):
+    """What prefetches need to know of live callers' fills (an ImageCache)."""
 
-    def __init__(self, bucket: TokenBucket) -> None:
+    @property
+    def demand_fills(self) -> int: ...
+
+    async def demand_idle(self) -> None: ...
+
+
+class _PacedFill:
+    """The throttle of one prefetch fill, until a live caller joins it.
+
+    Demand first: while any live caller's fill runs, the prefetch reads one piece
+    per ``DEMAND_YIELD`` seconds (enough to keep its connection alive), leaving
+    the upstream link to the callers; otherwise it reads at the shared rate cap.
+    """
+
+    def __init__(self, bucket: TokenBucket, demand: DemandGauge) -> None:
         self._bucket = bucket
+        self._demand = demand
         self._lifted = asyncio.Event()
 
     async def take(self, amount: int) -> None:
+        if self._lifted.is_set():
+            return
+        if self._demand.demand_fills:
+            await self._yield_to_demand()
         if not self._lifted.is_set() and not self._bucket.unlimited:
             await self._bucket.take(amount, until=self._lifted)
+
+    async def _yield_to_demand(self) -> None:
+        waits = [
+            asyncio.ensure_future(self._demand.demand_idle()),
+            asyncio.ensure_future(self._lifted.wait()),
+        ]
+        try:
+            await asyncio.wait(waits, timeout=DEMAND_YIELD, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
 
     def lift(self) -> None:
         self._lifted.set()
@@ -334,6 +368,8 @@ class Prefetcher:
     async def _prefetch(self, item: QueuedImage) -> None:
         image_id = item.image_id
         state = self._states.setdefault(image_id, _State())
+        # Demand first: no prefetch starts while a live caller's fill is running.
+        await self.cache.demand_idle()
         state.state, state.error = "fetching", None
         try:
             headers = await self.credentials.headers()
@@ -354,7 +390,7 @@ class Prefetcher:
             return
         if self._items.get(image_id) is not item:
             return  # unqueued while Glance was asked: start nothing
-        joined = self.cache.fill_for(meta, headers, throttle=_PacedFill(self.bucket))
+        joined = self.cache.fill_for(meta, headers, throttle=_PacedFill(self.bucket, self.cache))
         if joined is None:
             why = "its size is unknown" if meta.size is None else (
                 f"it ({meta.size} bytes) does not fit in the cache"

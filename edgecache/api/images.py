@@ -34,6 +34,7 @@ from edgecache.api.streaming import ClientGone, abort, send_fd
 from edgecache.cache import ImageCache
 from edgecache.deletions import DeletionCheck
 from edgecache.errors import FillAborted, UpstreamError, UpstreamRefused
+from edgecache.fill import Fill
 from edgecache.metadata import MetadataCache
 from edgecache.metrics import Metrics
 from edgecache.upstream import UUID_PATTERN, ImageMeta
@@ -89,6 +90,7 @@ async def _pass_through(
     response, _ = await proxy.forward(
         request, service.upstream, path_qs,
         metrics=service.metrics, on_sent=_FirstByte(service.metrics, "miss", "upstream"),
+        proxy=service.upstream.http_proxy if request.method == "GET" else None,
     )
     return response
 
@@ -158,6 +160,13 @@ async def image_data(
         _count(request, metrics, "error")
         return unavailable()
 
+    if byte_range is not None and request.method == "GET":
+        fill = service.cache.fill_in_progress(meta)
+        if fill is not None:
+            # A range of an image being fetched (typically a lower tier resuming a
+            # broken body) is read from that fill, so upstream sees no second GET.
+            _count(request, metrics, "coalesced")
+            return await _send_fill(request, meta, fill, byte_range, "coalesced", metrics)
     if byte_range is not None or meta.size is None:
         # Glance never fills its cache from a partial read (LP#1664709); neither do we.
         return await _pass_through(request, service, path_qs)
@@ -176,6 +185,14 @@ async def image_data(
     _count(request, metrics, result)
     LOG.debug("image %s: %s, %s its fill", image_id, result,
               "started" if started_now else "joined")
+    return await _send_fill(request, meta, fill, None, result, metrics)
+
+
+async def _send_fill(
+    request: web.Request, meta: ImageMeta, fill: Fill, byte_range: ByteRange | None,
+    result: str, metrics: Metrics,
+) -> web.StreamResponse:
+    """Stream the image (or ``byte_range`` of it) from a fill, as its bytes arrive."""
     try:
         await fill.wait_started()
     except UpstreamRefused as refusal:
@@ -183,22 +200,23 @@ async def image_data(
         return relay(refusal)
     except (UpstreamError, FillAborted) as exc:
         _count(request, metrics, "error")
-        LOG.warning("image %s: fill could not start: %s", image_id, exc)
+        LOG.warning("image %s: fill could not start: %s", meta.id, exc)
         return unavailable()
 
-    response = image_response(meta, None)
+    response = image_response(meta, byte_range)
     await response.prepare(request)
+    start, stop = (byte_range.start, byte_range.stop) if byte_range else (0, fill.size)
     fd = fill.open_reader()
     try:
         await send_fd(
-            request, fd, 0, fill.size,
+            request, fd, start, stop,
             readable=fill.wait_readable,
             on_sent=_FirstByte(metrics, result, "cache" if result == "hit" else "upstream"),
         )
         if fill.size == 0:
             await fill.wait_readable(0)
     except FillAborted as exc:
-        LOG.error("image %s: aborting the response: %s", image_id, exc)
+        LOG.error("image %s: aborting the response: %s", meta.id, exc)
         _count(request, metrics, "error")
         abort(request)
         return response  # aiohttp's write_eof meets a closed transport: no clean end

@@ -50,11 +50,13 @@ async def forward(
     *,
     metrics: Metrics | None = None,
     on_sent: Callable[[int], None] | None = None,
+    proxy: str | None = None,
 ) -> tuple[web.StreamResponse, int]:
     """Relay ``request`` to ``path_qs`` upstream; returns the response and its status.
 
     ``metrics`` counts upstream failures; ``on_sent(n)`` sees each chunk of a 2xx
     body relayed (image bytes served without the cache are counted by the caller).
+    ``proxy``: the HTTP proxy to send it through (image-data downloads only).
     """
     headers = end_to_end(request.headers)
     if REQUEST_ID_HEADER not in headers:
@@ -62,7 +64,7 @@ async def forward(
     body = request.content if request.body_exists else None
     try:
         upstream_response = await upstream.request(
-            request.method, path_qs, headers=headers, data=body
+            request.method, path_qs, headers=headers, data=body, proxy=proxy
         )
     except UpstreamError as exc:
         LOG.warning("passthrough %s %s: %s", request.method, path_qs, exc)

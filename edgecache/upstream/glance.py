@@ -8,6 +8,7 @@ every request, so Glance keeps deciding who may see what.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -17,6 +18,8 @@ import aiohttp
 
 from edgecache.errors import UpstreamError, UpstreamRefused
 from edgecache.upstream import ImageMeta
+
+LOG = logging.getLogger(__name__)
 
 #: Headers of the caller that Glance needs to see on calls made on its behalf.
 FORWARDED_HEADERS = ("x-auth-token", "x-service-token", "x-openstack-request-id", "x-roles")
@@ -78,10 +81,13 @@ class GlanceUpstream:
         *,
         connect_timeout: float = 10.0,
         read_timeout: float = 300.0,
+        http_proxy: str | None = None,
     ) -> None:
         if not endpoints:
             raise ValueError("at least one Glance endpoint is required")
         self.endpoints = endpoints
+        #: image-data downloads go through this proxy (a P2P agent, say); nothing else does
+        self.http_proxy = http_proxy
         self._timeout = aiohttp.ClientTimeout(
             total=None, connect=connect_timeout, sock_read=read_timeout
         )
@@ -138,23 +144,38 @@ class GlanceUpstream:
         *,
         headers: Mapping[str, str],
         data: object = None,
+        proxy: str | None = None,
     ) -> aiohttp.ClientResponse:
         """Send one request to the first endpoint that takes it; the body is unread.
 
         An endpoint that refuses the connection, or does not connect in time, is
         skipped (and rested with exponential backoff); no request body has been
-        read from the caller by then, so the next endpoint gets it whole.
+        read from the caller by then, so the next endpoint gets it whole. With
+        ``proxy``, a proxy that cannot be reached is bypassed: the same endpoint
+        is asked directly (the proxy is an optimisation, Glance is the source).
         """
         error: UpstreamError | None = None
         for endpoint in self.candidates():
             try:
-                response = await self.session.request(
-                    method,
-                    endpoint + path_qs,
-                    headers=dict(headers),
-                    data=data,
-                    allow_redirects=False,
-                )
+                try:
+                    response = await self.session.request(
+                        method,
+                        endpoint + path_qs,
+                        headers=dict(headers),
+                        data=data,
+                        allow_redirects=False,
+                        proxy=proxy,
+                    )
+                except aiohttp.ClientProxyConnectionError as exc:
+                    LOG.warning("proxy %s unreachable (%s); asking %s directly",
+                                proxy, exc, endpoint)
+                    response = await self.session.request(
+                        method,
+                        endpoint + path_qs,
+                        headers=dict(headers),
+                        data=data,
+                        allow_redirects=False,
+                    )
             except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
                 self._mark_down(endpoint)
                 error = UpstreamError(f"{method} {path_qs} at {endpoint}: {exc}", reason="connect")
@@ -197,7 +218,9 @@ class GlanceUpstream:
         """
         if offset:
             headers = {**headers, "Range": f"bytes={offset}-"}
-        response = await self.request("GET", f"/v2/images/{image_id}/file", headers=headers)
+        response = await self.request(
+            "GET", f"/v2/images/{image_id}/file", headers=headers, proxy=self.http_proxy
+        )
         if response.status == 200:
             return GlanceBody(response)
         if response.status == 206 and offset:

@@ -150,6 +150,9 @@ class Fault:
     """Answer ``GET /v2/images/{id}`` with this status and a Glance-like error body."""
     delay: float = 0.0
     """Sleep this long before answering ``/file`` at all (time to first byte)."""
+    ignore_range: bool = False
+    """Answer a ranged ``/file`` GET with the whole image and a 200, as servers that do not
+    support ranges do."""
     times: int | None = None
     """Apply to this many requests, then clear the fault (None: until changed). A request uses
     one when it is a metadata GET and ``metadata_status`` is set, or a ``/file`` GET and any
@@ -175,6 +178,7 @@ class Fault:
             or self.no_content_length
             or self.status is not None
             or self.delay > 0
+            or self.ignore_range
         )
 
 
@@ -752,7 +756,7 @@ class FaultyGlance:
             headers["Content-MD5"] = str(checksum)
         start, stop, http_status = 0, size, 200
         range_header = request.headers.get("Range")
-        if range_header is not None:
+        if range_header is not None and not fault.ignore_range:
             parsed = _parse_range(range_header, size)
             if isinstance(parsed, int):
                 extra = {"Content-Range": f"bytes */{size}"} if parsed == 416 else None

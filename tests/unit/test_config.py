@@ -94,3 +94,23 @@ def test_keystone_needs_an_auth_plugin_in_keystone_authtoken(tmp_path: Path) -> 
     assert settings.keystone_conf.keystone_authtoken.auth_type == "password"
     assert settings.upstream.serve_cached_on_upstream_failure
     assert settings.upstream.offline_auth_ttl == 120
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("", None), ("http://127.0.0.1:65001", "http://127.0.0.1:65001"),
+     ("http://proxy.example.com:3128/", "http://proxy.example.com:3128/")],
+)
+def test_http_proxy(tmp_path: Path, value: str, expected: str | None) -> None:
+    conf = _write(tmp_path, "[DEFAULT]\nauth_strategy = noauth\n[upstream]\n"
+                  f"glance_endpoints = http://127.0.0.1:9292\nhttp_proxy = {value}\n")
+    assert config.load(["--config-file", conf]).upstream.http_proxy == expected
+
+
+@pytest.mark.parametrize("value", ["127.0.0.1:3128", "socks5://127.0.0.1:1080",
+                                   "http://proxy/with/path"])
+def test_http_proxy_must_be_an_http_proxy_url(tmp_path: Path, value: str) -> None:
+    conf = _write(tmp_path, "[DEFAULT]\nauth_strategy = noauth\n[upstream]\n"
+                  f"glance_endpoints = http://127.0.0.1:9292\nhttp_proxy = {value}\n")
+    with pytest.raises(ConfigError, match="http_proxy"):
+        config.load(["--config-file", conf])

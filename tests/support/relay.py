@@ -1,0 +1,215 @@
+"""An HTTP relay for tests: a reverse proxy that can cut image bodies, or a forward proxy.
+
+:class:`Relay` runs an aiohttp server in a thread of its own (the daemon under test
+is another process, and the test body is synchronous). It streams every request
+to an origin and the answer back, and records what passed:
+
+* **reverse** (``Relay(origin=glance.url)``): edgecache's ``glance_endpoints``
+  points at the relay. :meth:`cut_next` makes the next image-data answers break
+  off (the connection is aborted) after a given number of body bytes, as a flaky
+  WAN link would; every other answer is relayed whole.
+* **forward** (``Relay()``): an HTTP proxy (``[upstream] http_proxy``); the
+  request line carries the absolute URL of the origin, which is where it goes.
+
+Only the bodies of responses are counted and cut; request bodies are relayed as
+they come. Hop-by-hop headers are dropped both ways.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import re
+import threading
+from collections import deque
+from types import TracebackType
+from typing import NamedTuple, Self
+
+import aiohttp
+from aiohttp import web
+
+__all__ = ["Relay", "RelayedRequest"]
+
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
+_IMAGE_FILE = re.compile(r"^/v2/images/[^/]+/file$")
+
+
+class RelayedRequest(NamedTuple):
+    """One request that went through: where to, its Range, the answer and bytes relayed."""
+
+    method: str
+    url: str
+    path: str
+    range: str | None
+    status: int
+    body_bytes: int
+    cut: bool
+
+
+class Relay:
+    """A relay between edgecache and its upstream (see the module docstring)."""
+
+    def __init__(self, origin: str | None = None) -> None:
+        self.origin = origin.rstrip("/") if origin else None
+        self.requests: list[RelayedRequest] = []
+        self._cuts: deque[int] = deque()
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stop: asyncio.Event | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def cut_next(self, *after: int) -> None:
+        """Break off the next image-data bodies, one per value, after that many bytes."""
+        with self._lock:
+            self._cuts.extend(after)
+
+    def file_requests(self, path: str | None = None) -> list[RelayedRequest]:
+        """The image-data GETs relayed so far (for one image's ``path`` if given)."""
+        with self._lock:
+            return [
+                r
+                for r in self.requests
+                if r.method == "GET" and _IMAGE_FILE.match(r.path) and path in (None, r.path)
+            ]
+
+    # -- serving -------------------------------------------------------------------
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if self.origin is not None:
+            target = self.origin + str(request.rel_url)
+        elif request.url.host:
+            target = str(request.url)  # absolute-form request line: a forward proxy
+        else:
+            return web.Response(status=400, text="not a proxy request")
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+        cut_after: int | None = None
+        if request.method == "GET" and _IMAGE_FILE.match(request.path):
+            with self._lock:
+                cut_after = self._cuts.popleft() if self._cuts else None
+        session = request.app[_SESSION]
+        data = request.content if request.body_exists else None
+        sent = 0
+        status = 502
+        cut = False
+        try:
+            async with session.request(
+                request.method, target, headers=headers, data=data, allow_redirects=False
+            ) as upstream:
+                status = upstream.status
+                response = web.StreamResponse(status=upstream.status)
+                for name, value in upstream.headers.items():
+                    if name.lower() not in _HOP_BY_HOP:
+                        response.headers.add(name, value)
+                if upstream.content_length is not None:
+                    response.content_length = upstream.content_length
+                await response.prepare(request)
+                async for chunk in upstream.content.iter_any():
+                    if cut_after is not None and sent + len(chunk) >= cut_after:
+                        await response.write(chunk[: cut_after - sent])
+                        sent = cut_after
+                        cut = True
+                        break
+                    await response.write(chunk)
+                    sent += len(chunk)
+                if cut:
+                    transport = request.transport
+                    if transport is not None:
+                        transport.abort()
+                    return response
+                await response.write_eof()
+                return response
+        except aiohttp.ClientError as exc:
+            return web.Response(status=502, text=f"relay: {exc!r}")
+        finally:
+            with self._lock:
+                self.requests.append(
+                    RelayedRequest(
+                        request.method,
+                        target,
+                        request.path,
+                        request.headers.get("Range"),
+                        status,
+                        sent,
+                        cut,
+                    )
+                )
+
+    async def _serve(self, ready: concurrent.futures.Future[int]) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        session = aiohttp.ClientSession(
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+            timeout=aiohttp.ClientTimeout(total=None, sock_read=120),
+        )
+        app[_SESSION] = session
+        runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        self._stop = asyncio.Event()
+        ready.set_result(int(runner.addresses[0][1]))
+        try:
+            await self._stop.wait()
+        finally:
+            await runner.cleanup()
+            await session.close()
+
+    def start(self) -> Self:
+        ready: concurrent.futures.Future[int] = concurrent.futures.Future()
+
+        def main() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            try:
+                loop.run_until_complete(self._serve(ready))
+            except BaseException as exc:
+                if not ready.done():
+                    ready.set_exception(exc)
+            finally:
+                loop.close()
+
+        self._thread = threading.Thread(target=main, name="relay", daemon=True)
+        self._thread.start()
+        self.port = ready.result(timeout=10)
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+_SESSION = web.AppKey("session", aiohttp.ClientSession)

@@ -38,8 +38,10 @@ from edgecache.diskstore import DiskStore
 from edgecache.errors import ConfigError
 from edgecache.metadata import MetadataCache
 from edgecache.metrics import Metrics
+from edgecache.upstream import ImageSource
 from edgecache.upstream.glance import GlanceUpstream
 from edgecache.upstream.service_auth import credentials_for
+from edgecache.upstream.stores import DirectStoreSource, default_stores
 
 LOG = logging.getLogger(__name__)
 
@@ -72,9 +74,12 @@ async def _service(app: web.Application) -> AsyncIterator[None]:
         read_timeout=upstream_settings.read_timeout,
         http_proxy=upstream_settings.http_proxy,
     ) as upstream:
+        source: ImageSource = upstream
+        if upstream_settings.direct_stores:
+            source = DirectStoreSource(upstream, default_stores(upstream.session), metrics)
         cache = ImageCache(
             DiskStore(settings.cache.directory),
-            upstream,
+            source,
             max_size=settings.cache.max_size,
             stall_time=settings.cache.stall_time,
             verify=settings.cache.verify,

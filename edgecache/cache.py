@@ -266,7 +266,7 @@ class ImageCache:
         while True:
             try:
                 body = await self.source.open_image(
-                    fill.image_id, headers, offset=fill.received
+                    fill.image_id, headers, offset=fill.received, meta=fill.meta
                 )
             except UpstreamError:
                 if not fill.received or resumes >= self.max_resume_attempts:

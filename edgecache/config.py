@@ -190,6 +190,16 @@ upstream_opts = [
         "connection is bypassed for that download. Unset: no proxy.",
     ),
     cfg.BoolOpt(
+        "direct_stores",
+        default=False,
+        help="Read image bytes straight from the store locations Glance shows the "
+        "caller (the image's 'locations' with Glance's show_multiple_locations, or "
+        "'direct_url'), instead of from GET /v2/images/{id}/file. Readable here: "
+        "file:// (a Glance file store mounted on this host at the same path) and "
+        "http(s)://. Metadata and authorization still come from Glance; an image "
+        "whose locations cannot be read is fetched from Glance as usual.",
+    ),
+    cfg.BoolOpt(
         "serve_cached_on_upstream_failure",
         default=False,
         help="While no Glance endpoint answers, serve a cached image to a caller whose "
@@ -314,6 +324,8 @@ class UpstreamSettings:
     offline_auth_ttl: float = 3600.0
     #: proxy for image-data downloads, or None
     http_proxy: str | None = None
+    #: read image bytes from the store locations in Glance's records
+    direct_stores: bool = False
 
 
 @dataclass(frozen=True)
@@ -443,6 +455,7 @@ def _settings_from(conf: cfg.ConfigOpts) -> Settings:
             serve_cached_on_upstream_failure=conf.upstream.serve_cached_on_upstream_failure,
             offline_auth_ttl=float(conf.upstream.offline_auth_ttl),
             http_proxy=http_proxy,
+            direct_stores=conf.upstream.direct_stores,
         ),
     )
     if settings.auth_strategy == "keystone":

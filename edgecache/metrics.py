@@ -16,7 +16,7 @@ LATENCY_BUCKETS = (
 
 REQUEST_RESULTS = ("hit", "miss", "coalesced", "error")
 #: ``UpstreamError.reason`` values; declared up front so rate() and alerts see a 0, not nothing.
-UPSTREAM_ERROR_REASONS = ("connect", "timeout", "status", "body", "size")
+UPSTREAM_ERROR_REASONS = ("connect", "timeout", "status", "body", "size", "store")
 
 
 class Metrics:

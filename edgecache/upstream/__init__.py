@@ -29,6 +29,9 @@ class ImageMeta:
     os_hash_algo: str | None
     os_hash_value: str | None
     updated_at: str | None
+    #: where the bytes sit in Glance's stores (``locations`` urls, then ``direct_url``),
+    #: when Glance shows them; read directly only with ``[upstream] direct_stores``
+    locations: tuple[str, ...] = ()
 
     @classmethod
     def from_glance(cls, record: Mapping[str, Any]) -> ImageMeta:
@@ -41,6 +44,7 @@ class ImageMeta:
             os_hash_algo=_text_or_none(record.get("os_hash_algo")),
             os_hash_value=_text_or_none(record.get("os_hash_value")),
             updated_at=_text_or_none(record.get("updated_at")),
+            locations=_locations(record),
         )
 
     def strongest_hash(self) -> tuple[str, str] | None:
@@ -69,6 +73,20 @@ def _text_or_none(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def _locations(record: Mapping[str, Any]) -> tuple[str, ...]:
+    """Store URLs in Glance's order: ``locations`` (show_multiple_locations), ``direct_url``."""
+    urls: list[str] = []
+    entries = record.get("locations")
+    for entry in entries if isinstance(entries, list) else ():
+        url = entry.get("url") if isinstance(entry, Mapping) else None
+        if isinstance(url, str) and url and url not in urls:
+            urls.append(url)
+    direct = record.get("direct_url")
+    if isinstance(direct, str) and direct and direct not in urls:
+        urls.append(direct)
+    return tuple(urls)
+
+
 class ImageBody(Protocol):
     """An open upstream image-data response, 200 and ready to stream."""
 
@@ -90,10 +108,17 @@ class ImageSource(Protocol):
     """Where fills read image bytes from."""
 
     async def open_image(
-        self, image_id: str, headers: Mapping[str, str], *, offset: int = 0
+        self,
+        image_id: str,
+        headers: Mapping[str, str],
+        *,
+        offset: int = 0,
+        meta: ImageMeta | None = None,
     ) -> ImageBody:
         """Start (``offset`` 0) or resume a download.
 
+        ``meta`` is the record the fill was started for (its store locations, its
+        size); a source that needs nothing from it ignores it.
         Raises UpstreamRefused / UpstreamError unless the answer is a 200, or a
         206 starting at ``offset`` when resuming.
         """

@@ -209,7 +209,12 @@ class GlanceUpstream:
             raise _refusal(response, body)
 
     async def open_image(
-        self, image_id: str, headers: Mapping[str, str], *, offset: int = 0
+        self,
+        image_id: str,
+        headers: Mapping[str, str],
+        *,
+        offset: int = 0,
+        meta: ImageMeta | None = None,
     ) -> GlanceBody:
         """``GET /v2/images/{id}/file``, from ``offset`` on with a Range when resuming.
 
@@ -224,7 +229,7 @@ class GlanceUpstream:
         if response.status == 200:
             return GlanceBody(response)
         if response.status == 206 and offset:
-            start = _content_range_start(response.headers.get("Content-Range", ""))
+            start = content_range_start(response.headers.get("Content-Range", ""))
             if start == offset:
                 return GlanceBody(response, start=offset)
             response.close()
@@ -241,7 +246,7 @@ class GlanceUpstream:
             raise _refusal(response, body)
 
 
-def _content_range_start(header: str) -> int | None:
+def content_range_start(header: str) -> int | None:
     match = re.match(r"^\s*bytes\s+(\d+)-\d+/(?:\d+|\*)\s*$", header)
     return int(match.group(1)) if match else None
 

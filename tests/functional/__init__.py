@@ -193,6 +193,7 @@ def settings(
     stall_time: float = 86400.0,
     auth_cache_ttl: float = 60.0,
     read_timeout: float = 30.0,
+    direct_stores: bool = False,
 ) -> Settings:
     return Settings(
         cache=CacheSettings(directory=str(root), max_size=max_size, stall_time=stall_time),
@@ -201,6 +202,7 @@ def settings(
             auth_cache_ttl=auth_cache_ttl,
             connect_timeout=2.0,
             read_timeout=read_timeout,
+            direct_stores=direct_stores,
         ),
     )
 

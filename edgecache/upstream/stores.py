@@ -1,0 +1,203 @@
+"""Direct reads from the stores Glance keeps image bytes in (``[upstream] direct_stores``).
+
+Glance stays the authority: the store URLs come from the image record Glance
+returned to the caller (``locations`` with ``show_multiple_locations``, or
+``direct_url``), so a caller Glance refuses never gets this far. Every backend
+keeps one contract, :meth:`StoreBackend.open`: a missing object is
+:class:`~edgecache.errors.NotFound`, anything else that goes wrong is
+:class:`~edgecache.errors.UpstreamError`. :class:`DirectStoreSource` tries the
+locations in order and falls back to Glance's own ``/file``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import urllib.parse
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Protocol
+
+import aiohttp
+
+from edgecache.errors import NotFound, UpstreamError
+from edgecache.metrics import Metrics
+from edgecache.upstream import ImageBody, ImageMeta, ImageSource
+from edgecache.upstream.glance import GlanceBody, content_range_start
+
+LOG = logging.getLogger(__name__)
+
+#: bytes per read of a file-store object (one thread hop each)
+FILE_PIECE = 1 << 20
+
+
+class StoreBackend(Protocol):
+    """One kind of store, named by the URL schemes it reads."""
+
+    schemes: tuple[str, ...]
+
+    async def open(self, url: str, offset: int = 0) -> ImageBody:
+        """The object at ``url`` from byte ``offset`` on, ready to stream.
+
+        Raises NotFound when the store has no such object, UpstreamError
+        (reason ``store``) for any other failure.
+        """
+        ...
+
+
+class FileBody:
+    """A file-store object read in :data:`FILE_PIECE` pieces from an offset, in a thread."""
+
+    def __init__(self, fd: int, start: int, length: int) -> None:
+        self._fd: int | None = fd
+        self.start = start
+        self.content_length: int | None = length
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        position = self.start
+        while self._fd is not None:
+            try:
+                piece = await asyncio.to_thread(os.pread, self._fd, FILE_PIECE, position)
+            except OSError as exc:
+                # "body": the fill resumes from what it has (spec §5.5)
+                raise UpstreamError(f"store file read failed: {exc}", reason="body") from exc
+            if not piece:
+                return
+            position += len(piece)
+            yield piece
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+class FileStore:
+    """``file://`` URLs: a Glance file store mounted on this host (NFS, say)."""
+
+    schemes: tuple[str, ...] = ("file",)
+
+    async def open(self, url: str, offset: int = 0) -> ImageBody:
+        parts = urllib.parse.urlsplit(url)
+        if parts.netloc not in ("", "localhost"):
+            # RFC 8089 §2: a file URL naming another host is not readable here
+            raise UpstreamError(f"{url}: not a local file", reason="store")
+        path = urllib.parse.unquote(parts.path)
+        try:
+            fd = await asyncio.to_thread(os.open, path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError as exc:
+            raise NotFound(f"{url}: no such file") from exc
+        except OSError as exc:
+            raise UpstreamError(f"{url}: {exc}", reason="store") from exc
+        try:
+            size = os.fstat(fd).st_size
+        except OSError as exc:
+            os.close(fd)
+            raise UpstreamError(f"{url}: {exc}", reason="store") from exc
+        if offset > size:
+            os.close(fd)
+            raise UpstreamError(f"{url}: offset {offset} beyond its {size} bytes",
+                                reason="store")
+        return FileBody(fd, offset, size - offset)
+
+
+class HttpStore:
+    """``http://`` and ``https://`` URLs, read with the upstream's shared session."""
+
+    schemes: tuple[str, ...] = ("http", "https")
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self._session = session
+
+    async def open(self, url: str, offset: int = 0) -> ImageBody:
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        try:
+            response = await self._session.get(url, headers=headers, allow_redirects=True)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise UpstreamError(f"{url}: {exc!r}", reason="store") from exc
+        if response.status == 200:
+            # a server ignoring the Range sends it all: the fill drops what it has
+            return GlanceBody(response)
+        if response.status == 206 and offset:
+            if content_range_start(response.headers.get("Content-Range", "")) == offset:
+                return GlanceBody(response, start=offset)
+            response.close()
+            raise UpstreamError(f"{url}: a 206 that does not start at {offset}", reason="store")
+        response.close()
+        if response.status in (404, 410):
+            raise NotFound(f"{url}: {response.status}")
+        raise UpstreamError(f"{url}: answered {response.status}", reason="store")
+
+
+class StoreRegistry:
+    """The store backends by URL scheme."""
+
+    def __init__(self, backends: Iterable[StoreBackend]) -> None:
+        self._by_scheme = {scheme: b for b in backends for scheme in b.schemes}
+
+    def readable(self, url: str) -> bool:
+        """Whether some backend reads URLs of this scheme."""
+        return urllib.parse.urlsplit(url).scheme.lower() in self._by_scheme
+
+    async def open(self, url: str, offset: int = 0) -> ImageBody:
+        backend = self._by_scheme.get(urllib.parse.urlsplit(url).scheme.lower())
+        if backend is None:
+            raise UpstreamError(f"no store backend reads {url.split(':', 1)[0]}:// URLs",
+                                reason="store")
+        return await backend.open(url, offset)
+
+
+def default_stores(session: aiohttp.ClientSession) -> StoreRegistry:
+    """``file://`` and ``http(s)://``."""
+    return StoreRegistry([FileStore(), HttpStore(session)])
+
+
+class DirectStoreSource:
+    """An :class:`ImageSource` reading from the record's store locations, else from Glance.
+
+    Each location the registry can read is tried in order; when none yields the
+    object (missing, unreachable, wrong size), the fill falls back to
+    ``glance.open_image``. The fallback is logged and counted
+    (``edgecache_upstream_errors_total{reason="store"}``) once per fill, and the
+    fill's resumes then stay on Glance.
+    """
+
+    def __init__(self, glance: ImageSource, stores: StoreRegistry, metrics: Metrics) -> None:
+        self.glance = glance
+        self.stores = stores
+        self.metrics = metrics
+        #: images whose fill in progress gave up on their stores
+        self._fell_back: set[str] = set()
+
+    async def open_image(
+        self,
+        image_id: str,
+        headers: Mapping[str, str],
+        *,
+        offset: int = 0,
+        meta: ImageMeta | None = None,
+    ) -> ImageBody:
+        if offset == 0:
+            self._fell_back.discard(image_id)  # a fill starts from byte 0: a new fill
+        urls = [u for u in (meta.locations if meta else ()) if self.stores.readable(u)]
+        if urls and image_id not in self._fell_back:
+            failures: list[str] = []
+            for url in urls:
+                try:
+                    body = await self.stores.open(url, offset)
+                except (NotFound, UpstreamError) as exc:
+                    failures.append(str(exc))
+                    continue
+                expected = meta.size - body.start if meta and meta.size is not None else None
+                if body.content_length is not None and expected is not None \
+                        and body.content_length != expected:
+                    body.close()
+                    failures.append(f"{url}: {body.content_length} bytes from {body.start}, "
+                                    f"the record says {expected}")
+                    continue
+                return body
+            self._fell_back.add(image_id)
+            self.metrics.upstream_errors.labels(reason="store").inc()
+            LOG.warning("image %s: no store location readable (%s); reading it from Glance",
+                        image_id, "; ".join(failures))
+        return await self.glance.open_image(image_id, headers, offset=offset, meta=meta)

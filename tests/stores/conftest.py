@@ -1,0 +1,91 @@
+"""Store backends for direct reads (``[upstream] direct_stores``, issue 6 item 4).
+
+:func:`store` runs each test of the contract suite against every backend:
+``file://`` on files under ``tmp_path``, ``http://`` on a small aiohttp server
+(``web.FileResponse``, which answers Range requests with 206) over that same
+directory. :func:`locations_glance` is a real Glance with
+``show_multiple_locations`` on, so its records carry ``locations`` naming its
+file store.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from pytest_aiohttp import AiohttpServer
+
+from edgecache.localglance import LocalGlance, default_state_root, ensure_venv
+from edgecache.upstream.stores import FileStore, HttpStore, StoreBackend
+
+
+@dataclass(frozen=True)
+class StoreUnderTest:
+    """A backend and how to place an object where it reads."""
+
+    backend: StoreBackend
+    #: store ``data`` under ``name``; the URL the backend reads it at
+    put: Callable[[str, bytes], str]
+    #: a URL of the backend's scheme naming no object
+    missing: str
+
+
+@pytest.fixture(params=["file", "http"])
+async def store(
+    request: pytest.FixtureRequest, tmp_path: Path, aiohttp_server: AiohttpServer
+) -> AsyncIterator[StoreUnderTest]:
+    root = tmp_path / "objects"
+    root.mkdir()
+
+    def write(name: str, data: bytes) -> Path:
+        path = root / name
+        path.write_bytes(data)
+        return path
+
+    if request.param == "file":
+        yield StoreUnderTest(
+            FileStore(),
+            lambda name, data: write(name, data).as_uri(),
+            (root / "missing").as_uri(),
+        )
+        return
+
+    async def serve(req: web.Request) -> web.StreamResponse:
+        path = root / req.match_info["name"]
+        if not path.is_file():
+            raise web.HTTPNotFound()
+        return web.FileResponse(path)
+
+    app = web.Application()
+    app.router.add_get("/objects/{name}", serve)
+    server = await aiohttp_server(app)
+    base = str(server.make_url("/objects/"))
+    async with aiohttp.ClientSession() as session:
+        yield StoreUnderTest(
+            HttpStore(session),
+            lambda name, data: base + write(name, data).name,
+            base + "missing",
+        )
+
+
+@pytest.fixture(scope="session")
+def locations_glance() -> Iterator[LocalGlance]:
+    """A real Glance whose image records list their file-store ``locations``."""
+    venv = ensure_venv(default_state_root())
+    unique = f"stores-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    state = default_state_root() / "tests" / unique
+    glance = LocalGlance(state, venv, flavor="", show_multiple_locations=True)
+    try:
+        with glance:
+            yield glance
+        assert not glance.process_group(), "Glance processes were left behind"
+    finally:
+        shutil.rmtree(state, ignore_errors=True)

@@ -1,0 +1,153 @@
+"""``[upstream] direct_stores``: fills read the store, Glance keeps the verdict (issue 6 item 4)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import os
+from pathlib import Path
+
+from pytest_aiohttp import AiohttpClient
+
+from edgecache.localglance import LocalGlance
+from edgecache.metrics import Metrics
+from edgecache.upstream import ImageMeta
+from edgecache.upstream.glance import GlanceUpstream
+from edgecache.upstream.stores import DirectStoreSource, default_stores
+from tests.fleet.conftest import get
+from tests.functional import WAIT, eventually, file_path, start_edgecache
+from tests.support.daemon import Daemon, metric_value, wait_for
+from tests.support.faultyglance import Fault, FaultyGlance
+
+MiB = 1 << 20
+
+
+def test_a_glance_file_store_is_read_directly(
+    locations_glance: LocalGlance, tmp_path: Path
+) -> None:
+    glance = locations_glance
+    data = os.urandom(5 * MiB + 3)
+    image = glance.create_image(data, name="direct")
+    image_id = str(image["id"])
+    assert image["locations"] == [
+        {"url": (glance.data_dir / "images" / image_id).as_uri(), "metadata": {}}
+    ]
+
+    with Daemon(
+        tmp_path, glance_endpoints=[glance.url], auth_cache_ttl=1,
+        options={"upstream": {"direct_stores": "true"}},
+    ) as edge:
+        status, body, whole = get(edge.url, file_path(image_id))
+        assert (status, whole) == (200, True)
+        assert hashlib.sha512(body).hexdigest() == image["os_hash_value"]
+        wait_for(lambda: (edge.data_dir / image_id).is_file(), "the commit")
+        assert glance.count_requests("GET", f"/v2/images/{image_id}", at_least=1) >= 1
+        assert glance.count_requests("GET", file_path(image_id), at_least=1, timeout=1) == 0
+        assert metric_value(edge.url, "edgecache_upstream_errors_total", reason="store") == 0
+
+
+async def test_an_unreadable_location_falls_back_to_glance(
+    locations_glance: LocalGlance, tmp_path: Path
+) -> None:
+    """The record names a store file this host cannot see: the bytes come from /file."""
+    glance = locations_glance
+    data = os.urandom(2 * MiB + 1)
+    record = await asyncio.to_thread(glance.create_image, data, name="fallback")
+    image_id = str(record["id"])
+    meta = dataclasses.replace(
+        ImageMeta.from_glance(record),
+        locations=((tmp_path / "not-mounted" / image_id).as_uri(), "http://127.0.0.1:9/nothing"),
+    )
+    metrics = Metrics()
+    async with GlanceUpstream((glance.url,)) as upstream:
+        source = DirectStoreSource(upstream, default_stores(upstream.session), metrics)
+        body = await source.open_image(image_id, {}, meta=meta)
+        try:
+            got = b"".join([chunk async for chunk in body.chunks()])
+        finally:
+            body.close()
+    assert hashlib.sha512(got).hexdigest() == record["os_hash_value"]
+    assert await asyncio.to_thread(
+        glance.count_requests, "GET", file_path(image_id), at_least=1
+    ) == 1
+    assert metrics.registry.get_sample_value(
+        "edgecache_upstream_errors_total", {"reason": "store"}
+    ) == 1
+
+
+async def test_a_missing_store_object_falls_back_and_is_counted_once(
+    aiohttp_client: AiohttpClient, faulty_glance: FaultyGlance, tmp_path: Path
+) -> None:
+    fg = faulty_glance
+    data = os.urandom(3 * MiB + 7)
+    image_id = fg.add_image(data, properties={"locations": [
+        {"url": (tmp_path / "gone").as_uri(), "metadata": {}},
+        {"url": fg.url + "/objects/gone", "metadata": {}},
+    ]})["id"]
+    edge = await start_edgecache(aiohttp_client, tmp_path / "cache", (fg.url,),
+                                 direct_stores=True)
+
+    got = await edge.fetch(file_path(image_id))
+
+    assert (got.status, got.error, got.body) == (200, None, data)
+    assert fg.count("GET", file_path(image_id)) == 1
+    assert edge.sample("edgecache_upstream_errors_total", reason="store") == 1
+    await edge.settled()
+    assert edge.data_bytes(image_id) == data
+
+
+async def test_a_store_body_that_breaks_off_resumes_from_the_store(
+    aiohttp_client: AiohttpClient, faulty_glance: FaultyGlance, tmp_path: Path
+) -> None:
+    """The http store object (another image's /file here) is cut once; the resume asks it
+    for the rest with a Range, and Glance's /file for the image is never used."""
+    fg = faulty_glance
+    data = os.urandom(4 * MiB + 9)
+    store_object = fg.add_image(
+        data,
+        fault=Fault(cut_after=len(data) // 2, trickle_chunk=256 * 1024, trickle_delay=0.005,
+                    times=1),
+    )["id"]
+    image_id = fg.add_image(data, properties={"locations": [
+        {"url": fg.url + file_path(store_object), "metadata": {}},
+    ]})["id"]
+    edge = await start_edgecache(aiohttp_client, tmp_path / "cache", (fg.url,),
+                                 direct_stores=True)
+
+    got = await edge.fetch(file_path(image_id))
+
+    assert (got.status, got.error, got.body) == (200, None, data)
+    assert fg.count("GET", file_path(image_id)) == 0
+    reads = [r for r in fg.requests if r.path == file_path(store_object)]
+    assert [r.range is not None for r in reads] == [False, True]
+    assert edge.sample("edgecache_upstream_errors_total", reason="store") == 0
+    await edge.settled()
+    assert edge.data_bytes(image_id) == data
+
+
+async def test_without_direct_stores_the_locations_are_ignored(
+    aiohttp_client: AiohttpClient, faulty_glance: FaultyGlance, tmp_path: Path
+) -> None:
+    fg = faulty_glance
+    data = os.urandom(MiB)
+    store_object = fg.add_image(data)["id"]
+    image_id = fg.add_image(data, properties={"locations": [
+        {"url": fg.url + file_path(store_object), "metadata": {}},
+    ]})["id"]
+    edge = await start_edgecache(aiohttp_client, tmp_path / "cache", (fg.url,))
+
+    got = await edge.fetch(file_path(image_id))
+
+    assert (got.status, got.body) == (200, data)
+    await eventually(lambda: fg.count("GET", file_path(image_id)) == 1, WAIT, "the GET")
+    assert fg.count("GET", file_path(store_object)) == 0
+
+
+async def test_locations_are_parsed_in_order_then_direct_url() -> None:
+    meta = ImageMeta.from_glance({
+        "id": "x", "direct_url": "file:///b",
+        "locations": [{"url": "http://a/1", "metadata": {}}, {"url": "file:///b"}, "junk"],
+    })
+    assert meta.locations == ("http://a/1", "file:///b")
+    assert ImageMeta.from_glance({"id": "x"}).locations == ()

@@ -76,7 +76,8 @@ async def _service(app: web.Application) -> AsyncIterator[None]:
     ) as upstream:
         source: ImageSource = upstream
         if upstream_settings.direct_stores:
-            source = DirectStoreSource(upstream, default_stores(upstream.session), metrics)
+            stores = default_stores(upstream.session, settings.prefetch.upstream_auth)
+            source = DirectStoreSource(upstream, stores, metrics)
         cache = ImageCache(
             DiskStore(settings.cache.directory),
             source,

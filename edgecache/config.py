@@ -195,8 +195,10 @@ upstream_opts = [
         help="Read image bytes straight from the store locations Glance shows the "
         "caller (the image's 'locations' with Glance's show_multiple_locations, or "
         "'direct_url'), instead of from GET /v2/images/{id}/file. Readable here: "
-        "file:// (a Glance file store mounted on this host at the same path) and "
-        "http(s)://. Metadata and authorization still come from Glance; an image "
+        "file:// (a Glance file store mounted on this host at the same path), "
+        "http(s)://, and s3:// / s3+http(s):// when the 's3' extra (aiobotocore) is "
+        "installed (credentials from the URL as Glance writes it, else botocore's "
+        "usual chain). Metadata and authorization still come from Glance; an image "
         "whose locations cannot be read is fetched from Glance as usual.",
     ),
     cfg.BoolOpt(

@@ -22,8 +22,9 @@ import aiohttp
 
 from edgecache.errors import NotFound, UpstreamError
 from edgecache.metrics import Metrics
-from edgecache.upstream import ImageBody, ImageMeta, ImageSource
+from edgecache.upstream import ImageBody, ImageMeta, ImageSource, stores_s3
 from edgecache.upstream.glance import GlanceBody, content_range_start
+from edgecache.upstream.stores_swift import KeystoneSession, SwiftStore
 
 LOG = logging.getLogger(__name__)
 
@@ -147,9 +148,16 @@ class StoreRegistry:
         return await backend.open(url, offset)
 
 
-def default_stores(session: aiohttp.ClientSession) -> StoreRegistry:
-    """``file://`` and ``http(s)://``."""
-    return StoreRegistry([FileStore(), HttpStore(session)])
+def default_stores(
+    session: aiohttp.ClientSession, keystone: KeystoneSession | None = None
+) -> StoreRegistry:
+    """``file://`` and ``http(s)://``; ``s3://`` too where the ``s3`` extra is installed."""
+    backends: list[StoreBackend] = [FileStore(), HttpStore(session)]
+    # swift(+http/+https)://: v1 auth from the URL, or the [upstream_auth] session
+    backends.append(SwiftStore(session, keystone))
+    if stores_s3.available():
+        backends.append(stores_s3.S3Store())
+    return StoreRegistry(backends)
 
 
 class DirectStoreSource:

@@ -3,9 +3,10 @@
 :func:`store` runs each test of the contract suite against every backend:
 ``file://`` on files under ``tmp_path``, ``http://`` on a small aiohttp server
 (``web.FileResponse``, which answers Range requests with 206) over that same
-directory. :func:`locations_glance` is a real Glance with
-``show_multiple_locations`` on, so its records carry ``locations`` naming its
-file store.
+directory, ``s3://`` on moto's S3 server (:func:`s3_server`), ``swift+http://`` on a real
+single-node Swift with tempauth (:func:`local_swift`).
+:func:`locations_glance` is a real Glance with ``show_multiple_locations`` on,
+so its records carry ``locations`` naming its file store.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
 from edgecache.localglance import LocalGlance, default_state_root, ensure_venv
+from edgecache.localswift import LocalSwift, ensure_swift_venv
 from edgecache.upstream.stores import FileStore, HttpStore, StoreBackend
+from tests.support.motos3 import MotoS3, moto_s3
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,7 @@ class StoreUnderTest:
     missing: str
 
 
-@pytest.fixture(params=["file", "http"])
+@pytest.fixture(params=["file", "http", "s3", "swift"])
 async def store(
     request: pytest.FixtureRequest, tmp_path: Path, aiohttp_server: AiohttpServer
 ) -> AsyncIterator[StoreUnderTest]:
@@ -49,6 +52,33 @@ async def store(
         path = root / name
         path.write_bytes(data)
         return path
+
+    if request.param == "s3":
+        from edgecache.upstream.stores_s3 import S3Store
+
+        s3: MotoS3 = request.getfixturevalue("s3_server")
+        prefix = uuid.uuid4().hex
+        yield StoreUnderTest(
+            S3Store(),
+            lambda name, data: s3.put("images", f"{prefix}-{name}", data),
+            s3.url("images", f"{prefix}-missing"),
+        )
+        return
+
+    if request.param == "swift":
+        from edgecache.upstream.stores_swift import SwiftStore
+
+        swift: LocalSwift = request.getfixturevalue("local_swift")
+        prefix = uuid.uuid4().hex
+        async with aiohttp.ClientSession() as session:
+            def put(name: str, data: bytes) -> str:
+                swift.put_object("images", f"{prefix}-{name}", data)
+                return swift.location("images", f"{prefix}-{name}")
+
+            yield StoreUnderTest(
+                SwiftStore(session), put, swift.location("images", f"{prefix}-missing")
+            )
+        return
 
     if request.param == "file":
         yield StoreUnderTest(
@@ -74,6 +104,32 @@ async def store(
             lambda name, data: base + write(name, data).name,
             base + "missing",
         )
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[MotoS3]:
+    """moto's S3 server on 127.0.0.1 with an ``images`` bucket (tests/support/motos3.py)."""
+    pytest.importorskip("aiobotocore", reason="the s3 extra is not installed")
+    pytest.importorskip("moto.server", reason="moto[server] is not installed")
+    with moto_s3("images") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def local_swift() -> Iterator[LocalSwift]:
+    """A real single-node Swift (tempauth) on 127.0.0.1 (edgecache/localswift.py)."""
+    venv = ensure_swift_venv(default_state_root())
+    unique = f"swift-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    state = default_state_root() / "tests" / unique
+    swift = LocalSwift(state, venv)
+    try:
+        with swift:
+            pids = swift.pids()
+            yield swift
+        assert not [pid for pid in pids if os.path.exists(f"/proc/{pid}")], \
+            "Swift processes were left behind"
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,203 @@
+"""Direct reads from a Glance Swift store: ``swift://``, ``swift+http://``, ``swift+https://``.
+
+glance_store writes two shapes of location:
+
+* single tenant: ``swift+https://USER:KEY@AUTH_ADDRESS/CONTAINER/OBJECT``, the
+  credentials (``USER`` may itself be ``tenant:user``) and the auth endpoint of
+  Glance's Swift account in the URL;
+* multi tenant (``swift_store_multi_tenant``): ``swift+https://STORAGE_URL/CONTAINER/OBJECT``,
+  the account's storage URL and no credentials.
+
+``swift://`` and ``swift+https://`` mean https, ``swift+http://`` http.
+``swift+config://`` (credentials in Glance's own swift config file) is not readable here.
+
+Authentication: a location with credentials whose auth address is not a Keystone
+one (its last path element is not ``v2.0`` / ``v3``) uses Swift's v1 handshake
+(``X-Auth-User`` / ``X-Auth-Key`` → ``X-Storage-Url`` / ``X-Auth-Token``, tempauth
+and swauth style); every other location uses the ``[upstream_auth]``
+keystoneauth1 session: its token, and for a location without a storage URL the
+``object-store`` endpoint of its catalog. A 401 drops the cached token and
+retries once. Credentials never appear in messages or logs: locations are named
+without their user information.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import urllib.parse
+from dataclasses import dataclass
+
+import aiohttp
+from keystoneauth1.session import Session as KeystoneSession
+
+from edgecache.errors import NotFound, UpstreamError
+from edgecache.upstream import ImageBody
+from edgecache.upstream.glance import GlanceBody, content_range_start
+
+__all__ = ["KeystoneSession", "SwiftLocation", "SwiftStore", "parse_location"]
+
+LOG = logging.getLogger(__name__)
+
+_KEYSTONE_AUTH_PATH = re.compile(r"(^|/)v(2\.0|3)/?$")
+
+
+@dataclass(frozen=True)
+class SwiftLocation:
+    """A parsed glance_store Swift location."""
+
+    #: the location without its credentials, for messages
+    display: str
+    #: ``http(s)://host[:port]/path`` before the container: an auth address
+    #: (with credentials) or a storage URL (without)
+    base: str
+    container: str
+    obj: str
+    user: str | None = None
+    key: str | None = None
+
+    @property
+    def v1_auth(self) -> bool:
+        """Credentials for a non-Keystone (tempauth-style) auth address."""
+        return self.user is not None and not _KEYSTONE_AUTH_PATH.search(
+            urllib.parse.urlsplit(self.base).path
+        )
+
+    def object_url(self, storage_url: str) -> str:
+        quote = urllib.parse.quote
+        return f"{storage_url.rstrip('/')}/{quote(self.container)}/{quote(self.obj)}"
+
+
+def parse_location(url: str) -> SwiftLocation:
+    """Split a Swift location; UpstreamError (``store``) when it is malformed."""
+    scheme, rest = url.split("://", 1) if "://" in url else (url, "")
+    scheme = scheme.lower()
+    if scheme not in SwiftStore.schemes:
+        raise UpstreamError(f"{scheme}:// is not a Swift location", reason="store")
+    http = "http" if scheme == "swift+http" else "https"
+    netloc, _, path = rest.partition("/")
+    user = key = None
+    if "@" in netloc:
+        creds, netloc = netloc.rsplit("@", 1)
+        if ":" not in creds:
+            raise UpstreamError(f"{scheme}://{netloc}/...: credentials without a key",
+                                reason="store")
+        raw_user, raw_key = creds.rsplit(":", 1)
+        user, key = urllib.parse.unquote(raw_user), urllib.parse.unquote(raw_key)
+    display = f"{scheme}://{netloc}/{path}"
+    parts = [urllib.parse.unquote(p) for p in path.strip("/").split("/")]
+    if not netloc or len(parts) < 2 or not all(parts[-2:]):
+        raise UpstreamError(f"{display}: no container and object in the location",
+                            reason="store")
+    base = f"{http}://{netloc}/{'/'.join(parts[:-2])}".rstrip("/")
+    return SwiftLocation(display, base, parts[-2], parts[-1], user, key)
+
+
+class SwiftStore:
+    """Swift objects, read with the upstream's shared aiohttp session."""
+
+    schemes: tuple[str, ...] = ("swift", "swift+http", "swift+https")
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        keystone: KeystoneSession | None = None,
+        *,
+        interface: str = "public",
+        region: str | None = None,
+    ) -> None:
+        self._session = session
+        self._keystone = keystone
+        self._interface = interface
+        self._region = region
+        #: v1 handshakes: (auth address, user) -> (storage URL, token)
+        self._v1_tokens: dict[tuple[str, str], tuple[str, str]] = {}
+
+    async def open(self, url: str, offset: int = 0) -> ImageBody:
+        location = parse_location(url)
+        for attempt in (1, 2):
+            storage_url, token = await self._credentials(location, fresh=attempt > 1)
+            headers = {"X-Auth-Token": token}
+            if offset:
+                headers["Range"] = f"bytes={offset}-"
+            target = location.object_url(storage_url)
+            try:
+                response = await self._session.get(target, headers=headers)
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                raise UpstreamError(f"{location.display}: {exc!r}", reason="store") from exc
+            if response.status == 401 and attempt == 1:
+                response.close()
+                self._forget(location)
+                continue
+            return _body(location.display, response, offset)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _forget(self, location: SwiftLocation) -> None:
+        if location.v1_auth:
+            self._v1_tokens.pop((location.base, location.user or ""), None)
+        elif self._keystone is not None:
+            self._keystone.invalidate()
+
+    async def _credentials(self, location: SwiftLocation, *, fresh: bool) -> tuple[str, str]:
+        """(storage URL, token) for the location."""
+        if location.v1_auth:
+            cache_key = (location.base, location.user or "")
+            if not fresh and cache_key in self._v1_tokens:
+                return self._v1_tokens[cache_key]
+            found = await self._v1_handshake(location)
+            self._v1_tokens[cache_key] = found
+            return found
+        if self._keystone is None:
+            raise UpstreamError(
+                f"{location.display}: Keystone-authenticated Swift needs [upstream_auth]",
+                reason="store",
+            )
+        return await asyncio.to_thread(self._keystone_credentials, location)
+
+    def _keystone_credentials(self, location: SwiftLocation) -> tuple[str, str]:
+        session = self._keystone
+        assert session is not None
+        try:
+            token = session.get_token()
+            storage_url = location.base if location.user is None else session.get_endpoint(
+                service_type="object-store", interface=self._interface,
+                region_name=self._region,
+            )
+        except Exception as exc:  # keystoneauth raises many unrelated types
+            raise UpstreamError(f"{location.display}: no token from [upstream_auth]: "
+                                f"{type(exc).__name__}", reason="store") from exc
+        if not token or not storage_url:
+            raise UpstreamError(f"{location.display}: [upstream_auth] gave no token or no "
+                                "object-store endpoint", reason="store")
+        return str(storage_url), str(token)
+
+    async def _v1_handshake(self, location: SwiftLocation) -> tuple[str, str]:
+        headers = {"X-Auth-User": location.user or "", "X-Auth-Key": location.key or ""}
+        try:
+            async with self._session.get(location.base, headers=headers) as response:
+                status = response.status
+                storage_url = response.headers.get("X-Storage-Url", "")
+                token = response.headers.get("X-Auth-Token", "")
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise UpstreamError(f"{location.display}: auth: {exc!r}", reason="store") from exc
+        if status // 100 != 2 or not storage_url or not token:
+            raise UpstreamError(f"{location.display}: the auth endpoint answered {status}",
+                                reason="store")
+        LOG.debug("swift: authenticated at %s", location.base)
+        return storage_url, token
+
+
+def _body(display: str, response: aiohttp.ClientResponse, offset: int) -> ImageBody:
+    if response.status == 200:
+        # a server ignoring the Range sends it all: the fill drops what it has
+        return GlanceBody(response)
+    if response.status == 206 and offset:
+        if content_range_start(response.headers.get("Content-Range", "")) == offset:
+            return GlanceBody(response, start=offset)
+        response.close()
+        raise UpstreamError(f"{display}: a 206 that does not start at {offset}", reason="store")
+    response.close()
+    if response.status in (404, 410):
+        raise NotFound(f"{display}: {response.status}")
+    raise UpstreamError(f"{display}: answered {response.status}", reason="store")

@@ -55,6 +55,9 @@ GLANCE_VERSION = "33.0.0"
 # A binary wheel, so that no compiler or Python headers are needed; it installs a
 # ``uwsgi`` console script that runs the uWSGI master inside that Python process.
 PYUWSGI_REQUIREMENT = "pyuwsgi>=2.0.28,<2.1"
+# glance_store's swift driver needs it (its ``swift`` extra); only imported when a
+# swift store is configured (:attr:`LocalGlance.swift_auth_address`).
+SWIFTCLIENT_REQUIREMENT = "python-swiftclient>=3.2.0"
 FLAVORS = ("", "caching", "cachemanagement")
 
 _VENV_NAME = "venv-glance"
@@ -141,7 +144,10 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 def _venv_stamp() -> str:
     major, minor = sys.version_info[:2]
-    return f"glance=={GLANCE_VERSION} {PYUWSGI_REQUIREMENT} python{major}.{minor}\n"
+    return (
+        f"glance=={GLANCE_VERSION} {PYUWSGI_REQUIREMENT} {SWIFTCLIENT_REQUIREMENT}"
+        f" python{major}.{minor}\n"
+    )
 
 
 def _venv_ready(venv: Path) -> bool:
@@ -179,7 +185,7 @@ def ensure_venv(root: Path) -> Path:
             shutil.rmtree(venv)
         _say(f"creating {venv} with {sys.executable}")
         _run_logged([sys.executable, "-m", "venv", str(venv)], _child_env(), "venv creation")
-        _say(f"installing glance=={GLANCE_VERSION} and pyuwsgi (takes ~20-40 s)")
+        _say(f"installing glance=={GLANCE_VERSION}, pyuwsgi and swiftclient (takes ~20-40 s)")
         _run_logged(
             [
                 str(venv / "bin" / "python"),
@@ -192,6 +198,7 @@ def ensure_venv(root: Path) -> Path:
                 "pyuwsgi",
                 f"glance=={GLANCE_VERSION}",
                 PYUWSGI_REQUIREMENT,
+                SWIFTCLIENT_REQUIREMENT,
             ],
             _child_env(venv),
             "pip install of glance",
@@ -314,6 +321,13 @@ class LocalGlance:
     threads: int = 4
     close_connections: bool = False
     show_multiple_locations: bool = False
+    #: when set, images are stored in Swift (single tenant, container ``glance``) as
+    #: ``swift_user`` (``project:user``) / ``swift_key`` instead of in files. glance_store
+    #: 5.7 only accepts ``swift_store_auth_version = 3``: this address must answer
+    #: Keystone v3 password authentication (``POST .../auth/tokens``).
+    swift_auth_address: str | None = None
+    swift_user: str | None = None
+    swift_key: str | None = None
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _log_offset: int = field(default=0, init=False, repr=False)
 
@@ -392,6 +406,24 @@ class LocalGlance:
         return "\n".join(parts) or "(no log output)"
 
     # -- configuration ----------------------------------------------------------
+    def _store_options(self) -> str:
+        if self.swift_auth_address is None:
+            return "stores = file\ndefault_store = file"
+        if not (self.swift_user and self.swift_key):
+            raise ValueError("a swift store needs swift_user and swift_key")
+        return "\n".join(
+            [
+                "stores = file,swift",
+                "default_store = swift",
+                "swift_store_auth_version = 3",
+                f"swift_store_auth_address = {_oslo(self.swift_auth_address)}",
+                f"swift_store_user = {_oslo(self.swift_user)}",
+                f"swift_store_key = {_oslo(self.swift_key)}",
+                "swift_store_container = glance",
+                "swift_store_create_container_on_put = true",
+            ]
+        )
+
     def _write_config(self) -> None:
         for sub in (
             self.etc_dir,
@@ -423,8 +455,7 @@ debug = false
 connection = sqlite:///{_oslo(data / "glance.sqlite")}
 
 [glance_store]
-stores = file
-default_store = file
+{self._store_options()}
 filesystem_store_datadir = {_oslo(data / "images")}
 
 [paste_deploy]

@@ -32,6 +32,8 @@ _RELAYED_STATUSES = frozenset({204, 400, 401, 403, 404, 405, 409, 410, 413, 415,
 _READ_BUFSIZE = 1 << 20
 #: Pieces of an image body already received are joined up to this size.
 _BATCH = 1 << 20
+#: Statuses that mean "this Glance cannot answer now", not a verdict on the request.
+_UNAVAILABLE = frozenset({500, 502, 503, 504})
 #: Longest rest for an endpoint that keeps refusing connections.
 _MAX_BACKOFF = 60.0
 
@@ -150,12 +152,16 @@ class GlanceUpstream:
 
         An endpoint that refuses the connection, or does not connect in time, is
         skipped (and rested with exponential backoff); no request body has been
-        read from the caller by then, so the next endpoint gets it whole. With
+        read from the caller by then, so the next endpoint gets it whole. An
+        endpoint answering 500/502/503/504 to a request without a body is
+        skipped the same way while another endpoint remains; the last one's
+        answer is returned as it is. With
         ``proxy``, a proxy that cannot be reached is bypassed: the same endpoint
         is asked directly (the proxy is an optimisation, Glance is the source).
         """
         error: UpstreamError | None = None
-        for endpoint in self.candidates():
+        candidates = self.candidates()
+        for endpoint in candidates:
             try:
                 try:
                     response = await self.session.request(
@@ -186,6 +192,19 @@ class GlanceUpstream:
                 ) from exc
             except aiohttp.ClientError as exc:
                 raise UpstreamError(f"{method} {path_qs}: {exc}", reason="connect") from exc
+            if (
+                response.status in _UNAVAILABLE
+                and data is None
+                and endpoint != candidates[-1]
+            ):
+                # This Glance cannot serve now; another may. Only requests without
+                # a body are replayed: a streamed upload cannot be read twice.
+                response.close()
+                self._mark_down(endpoint)
+                error = UpstreamError(
+                    f"{method} {path_qs} at {endpoint}: {response.status}", reason="status"
+                )
+                continue
             self._mark_up(endpoint)
             return response
         assert error is not None

@@ -176,6 +176,26 @@ async def test_next_endpoint_is_used_when_the_first_is_down(
     assert got.body == data
 
 
+async def test_next_endpoint_is_used_when_the_first_answers_503(
+    aiohttp_client: AiohttpClient, faulty_glance: FaultyGlance, tmp_path: Path
+) -> None:
+    """A Glance that is up but cannot serve (503) is skipped like one that is down."""
+    async with FaultyGlance() as failing:
+        data = os.urandom(MiB)
+        meta = faulty_glance.add_image(data)
+        failing.add_image(data, image_id=meta["id"], fault=Fault(status=503, metadata_status=503))
+        edge = await start_edgecache(
+            aiohttp_client, tmp_path / "cache", (failing.url, faulty_glance.url)
+        )
+
+        got = await edge.fetch(file_path(meta["id"]))
+
+        assert got.status == 200
+        assert got.body == data
+        assert failing.count("GET", f"/v2/images/{meta['id']}") == 1
+        assert faulty_glance.count("GET", file_path(meta["id"])) == 1
+
+
 async def test_image_changed_upstream_is_refetched(
     edge: Edge, faulty_glance: FaultyGlance
 ) -> None:

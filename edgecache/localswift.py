@@ -6,7 +6,10 @@ configuration under its state directory (``swift.conf``, one-replica account,
 container and object rings, one device directory with ``mount_check = false``)
 and runs the four servers in the foreground (``workers = 0``), each in a process
 of its own, stopped by pid. The proxy authenticates with ``tempauth``: one user,
-``test:tester`` / ``testing``, whose account is ``AUTH_test``.
+``test:tester`` / ``testing``, whose account is ``AUTH_test``. Given a
+:class:`KeystoneAuth`, it authenticates with Keystone instead: keystonemiddleware's
+``authtoken`` validates the token and Swift's ``keystoneauth`` grants a project's
+``AUTH_<project id>`` account to its ``admin`` and ``member`` users.
 
 Swift reads ``/etc/swift/swift.conf`` unless told otherwise, so each server is
 started through a two-line shim that points ``swift_dir`` at the state directory
@@ -18,6 +21,7 @@ Standard library only, like :mod:`edgecache.localglance`.
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import shutil
 import signal
@@ -25,11 +29,14 @@ import subprocess
 import sys
 import time
 import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgecache.localglance import _alive, _child_env, _file_lock, _run_logged, _say, free_port
 
 SWIFT_VERSION = "2.38.3"
+#: for the keystone mode's ``authtoken`` filter (Swift does not depend on it)
+KEYSTONEMIDDLEWARE_VERSION = "13.0.1"
 USER = "test:tester"
 KEY = "testing"
 
@@ -99,11 +106,13 @@ _RINGS = (
 
 def _venv_stamp() -> str:
     major, minor = sys.version_info[:2]
-    return f"swift=={SWIFT_VERSION} python{major}.{minor}\n"
+    return f"swift=={SWIFT_VERSION} keystonemiddleware=={KEYSTONEMIDDLEWARE_VERSION} " \
+        f"python{major}.{minor}\n"
 
 
 def ensure_swift_venv(root: Path) -> Path:
-    """Return ``root/venv-swift`` with Swift installed from PyPI, creating it if needed."""
+    """Return ``root/venv-swift`` with Swift (and keystonemiddleware) from PyPI, creating it
+    if needed."""
     root = Path(root).resolve()
     venv = root / _VENV_NAME
 
@@ -122,10 +131,10 @@ def ensure_swift_venv(root: Path) -> Path:
         if venv.exists():
             shutil.rmtree(venv)
         _run_logged([sys.executable, "-m", "venv", str(venv)], _child_env(), "venv creation")
-        _say(f"installing swift=={SWIFT_VERSION} (takes ~15-30 s)")
+        _say(f"installing swift=={SWIFT_VERSION} and keystonemiddleware (takes ~15-40 s)")
         _run_logged(
             [str(venv / "bin" / "python"), "-m", "pip", "install", "--progress-bar", "off",
-             f"swift=={SWIFT_VERSION}"],
+             f"swift=={SWIFT_VERSION}", f"keystonemiddleware=={KEYSTONEMIDDLEWARE_VERSION}"],
             _child_env(venv),
             "pip install of swift",
         )
@@ -134,12 +143,28 @@ def ensure_swift_venv(root: Path) -> Path:
     return venv
 
 
-class LocalSwift:
-    """A one-replica Swift (proxy with tempauth, account, container, object) on 127.0.0.1."""
+@dataclass(frozen=True)
+class KeystoneAuth:
+    """Keystone mode: the v3 auth URL and a user holding ``admin`` on its project.
 
-    def __init__(self, state_dir: Path, venv: Path) -> None:
+    The proxy's ``authtoken`` validates tokens as this user, and
+    :meth:`LocalSwift.authenticate` issues its project-scoped tokens.
+    """
+
+    auth_url: str
+    username: str
+    password: str
+    project_name: str
+
+
+class LocalSwift:
+    """A one-replica Swift (proxy with tempauth or Keystone, account, container, object)
+    on 127.0.0.1."""
+
+    def __init__(self, state_dir: Path, venv: Path, keystone: KeystoneAuth | None = None) -> None:
         self.state_dir = Path(state_dir)
         self.venv = Path(venv)
+        self.keystone = keystone
         self.etc = self.state_dir / "etc"
         self.devices = self.state_dir / "srv"
         self.logs = self.state_dir / "log"
@@ -158,8 +183,12 @@ class LocalSwift:
 
     @property
     def storage_url(self) -> str:
-        """The storage URL of the tempauth user's account."""
+        """The storage URL of the tempauth user's account (tempauth mode)."""
         return f"{self.url}/v1/AUTH_test"
+
+    def storage_url_of(self, project_id: str) -> str:
+        """The storage URL of a Keystone project's account (keystone mode)."""
+        return f"{self.url}/v1/AUTH_{project_id}"
 
     def pids(self) -> list[int]:
         return [p.pid for p in self._procs.values() if _alive(p.pid)]
@@ -192,14 +221,14 @@ class LocalSwift:
                 + f"[app:{name}-server]\nuse = egg:swift#{name}\n"
                 + ("allow_versions = true\n" if name == "container" else "")
             )
+        auth = "authtoken keystoneauth" if self.keystone else "tempauth"
         (self.etc / "proxy-server.conf").write_text(
             common.format(port=self.ports["proxy"], name="proxy")
-            + "[pipeline:main]\npipeline = catch_errors cache tempauth proxy-server\n"
+            + f"[pipeline:main]\npipeline = catch_errors cache {auth} proxy-server\n"
             + "[app:proxy-server]\nuse = egg:swift#proxy\naccount_autocreate = true\n"
             + "[filter:catch_errors]\nuse = egg:swift#catch_errors\n"
             + "[filter:cache]\nuse = call:edgecache_swift_cache:filter_factory\n"
-            + "[filter:tempauth]\nuse = egg:swift#tempauth\n"
-            + f"user_test_tester = {KEY} .admin\n"
+            + self._auth_filters()
         )
         (self.etc / "edgecache_swift_cache.py").write_text(_CACHE_MODULE)
         _run_logged(
@@ -207,6 +236,30 @@ class LocalSwift:
              *(str(self.ports[n]) for n in ("account", "container", "object"))],
             _child_env(self.venv),
             "swift ring build",
+        )
+
+    def _auth_filters(self) -> str:
+        ks = self.keystone
+        if ks is None:
+            return f"[filter:tempauth]\nuse = egg:swift#tempauth\nuser_test_tester = {KEY} .admin\n"
+        # delay_auth_decision: a request without a valid token still reaches
+        # keystoneauth, which refuses it (401) rather than authtoken.
+        return (
+            "[filter:authtoken]\n"
+            "paste.filter_factory = keystonemiddleware.auth_token:filter_factory\n"
+            f"www_authenticate_uri = {ks.auth_url}\n"
+            f"auth_url = {ks.auth_url}\n"
+            "auth_type = password\n"
+            f"username = {ks.username}\n"
+            f"password = {ks.password}\n"
+            "user_domain_id = default\n"
+            f"project_name = {ks.project_name}\n"
+            "project_domain_id = default\n"
+            "memcached_servers = \n"
+            "delay_auth_decision = True\n"
+            "[filter:keystoneauth]\n"
+            "use = egg:swift#keystoneauth\n"
+            "operator_roles = admin, member\n"
         )
 
     def start(self, timeout: float = 30) -> None:
@@ -224,8 +277,8 @@ class LocalSwift:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                token, _ = self.authenticate()
-                status = self.request("PUT", f"{self.storage_url}/probe", token)[0]
+                token, storage = self.authenticate()
+                status = self.request("PUT", f"{storage}/probe", token)[0]
                 if status in (201, 202):
                     return
             except OSError:
@@ -284,13 +337,33 @@ class LocalSwift:
             conn.close()
 
     def authenticate(self) -> tuple[str, str]:
-        """(token, storage URL) from the tempauth v1 handshake."""
+        """(token, storage URL): the tempauth v1 handshake, or in keystone mode a
+        project-scoped Keystone token of the configured user and its project's account."""
+        if self.keystone is not None:
+            return self._keystone_token(self.keystone)
         status, headers, _ = self.request(
             "GET", self.auth_url, headers={"X-Auth-User": USER, "X-Auth-Key": KEY}
         )
         if status // 100 != 2:
             raise OSError(f"tempauth answered {status}")
         return headers["X-Auth-Token"], headers["X-Storage-Url"]
+
+    def _keystone_token(self, ks: KeystoneAuth) -> tuple[str, str]:
+        domain = {"id": "default"}
+        doc = {"auth": {
+            "identity": {"methods": ["password"], "password": {"user": {
+                "name": ks.username, "domain": domain, "password": ks.password}}},
+            "scope": {"project": {"name": ks.project_name, "domain": domain}},
+        }}
+        status, headers, body = self.request(
+            "POST", f"{ks.auth_url.rstrip('/')}/auth/tokens", body=json.dumps(doc).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        if status != 201:
+            raise OSError(f"Keystone answered {status}")
+        project_id = str(json.loads(body)["token"]["project"]["id"])
+        token = next(v for k, v in headers.items() if k.lower() == "x-subject-token")
+        return token, self.storage_url_of(project_id)
 
     def location(self, container: str, name: str) -> str:
         """The single-tenant glance_store location of an object (tempauth credentials)."""

@@ -16,7 +16,7 @@ from types import TracebackType
 
 import aiohttp
 
-from edgecache.errors import UpstreamError, UpstreamRefused
+from edgecache.errors import NotFound, UpstreamError, UpstreamRefused
 from edgecache.upstream import ImageMeta
 
 LOG = logging.getLogger(__name__)
@@ -280,3 +280,23 @@ def _refusal(response: aiohttp.ClientResponse, body: bytes) -> Exception:
         }
         return UpstreamRefused(response.status, body, keep)
     return UpstreamError(f"upstream answered {response.status}", reason="status")
+
+
+def store_body(display: str, response: aiohttp.ClientResponse, offset: int) -> GlanceBody:
+    """A store's answer to a (possibly ranged) object GET, as a body a fill can pump.
+
+    A 200 is taken even when a Range was asked (the fill drops what it already
+    has); a 206 only if it starts at ``offset``; 404/410 is NotFound; anything
+    else is a store failure. ``display`` names the object without credentials.
+    """
+    if response.status == 200:
+        return GlanceBody(response)
+    if response.status == 206 and offset:
+        if content_range_start(response.headers.get("Content-Range", "")) == offset:
+            return GlanceBody(response, start=offset)
+        response.close()
+        raise UpstreamError(f"{display}: a 206 that does not start at {offset}", reason="store")
+    response.close()
+    if response.status in (404, 410):
+        raise NotFound(f"{display}: {response.status}")
+    raise UpstreamError(f"{display}: answered {response.status}", reason="store")

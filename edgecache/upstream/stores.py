@@ -23,7 +23,7 @@ import aiohttp
 from edgecache.errors import NotFound, UpstreamError
 from edgecache.metrics import Metrics
 from edgecache.upstream import ImageBody, ImageMeta, ImageSource, stores_s3
-from edgecache.upstream.glance import GlanceBody, content_range_start
+from edgecache.upstream.glance import store_body
 from edgecache.upstream.stores_swift import KeystoneSession, SwiftStore
 
 LOG = logging.getLogger(__name__)
@@ -116,18 +116,7 @@ class HttpStore:
             response = await self._session.get(url, headers=headers, allow_redirects=True)
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise UpstreamError(f"{url}: {exc!r}", reason="store") from exc
-        if response.status == 200:
-            # a server ignoring the Range sends it all: the fill drops what it has
-            return GlanceBody(response)
-        if response.status == 206 and offset:
-            if content_range_start(response.headers.get("Content-Range", "")) == offset:
-                return GlanceBody(response, start=offset)
-            response.close()
-            raise UpstreamError(f"{url}: a 206 that does not start at {offset}", reason="store")
-        response.close()
-        if response.status in (404, 410):
-            raise NotFound(f"{url}: {response.status}")
-        raise UpstreamError(f"{url}: answered {response.status}", reason="store")
+        return store_body(url, response, offset)
 
 
 class StoreRegistry:

@@ -32,9 +32,9 @@ from dataclasses import dataclass
 import aiohttp
 from keystoneauth1.session import Session as KeystoneSession
 
-from edgecache.errors import NotFound, UpstreamError
+from edgecache.errors import UpstreamError
 from edgecache.upstream import ImageBody
-from edgecache.upstream.glance import GlanceBody, content_range_start
+from edgecache.upstream.glance import store_body
 
 __all__ = ["KeystoneSession", "SwiftLocation", "SwiftStore", "parse_location"]
 
@@ -130,7 +130,7 @@ class SwiftStore:
                 response.close()
                 self._forget(location)
                 continue
-            return _body(location.display, response, offset)
+            return store_body(location.display, response, offset)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _forget(self, location: SwiftLocation) -> None:
@@ -186,18 +186,3 @@ class SwiftStore:
                                 reason="store")
         LOG.debug("swift: authenticated at %s", location.base)
         return storage_url, token
-
-
-def _body(display: str, response: aiohttp.ClientResponse, offset: int) -> ImageBody:
-    if response.status == 200:
-        # a server ignoring the Range sends it all: the fill drops what it has
-        return GlanceBody(response)
-    if response.status == 206 and offset:
-        if content_range_start(response.headers.get("Content-Range", "")) == offset:
-            return GlanceBody(response, start=offset)
-        response.close()
-        raise UpstreamError(f"{display}: a 206 that does not start at {offset}", reason="store")
-    response.close()
-    if response.status in (404, 410):
-        raise NotFound(f"{display}: {response.status}")
-    raise UpstreamError(f"{display}: answered {response.status}", reason="store")

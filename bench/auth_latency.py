@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.procs import Daemon, wait_http
-from edgecache.localglance import default_state_root, ensure_venv, free_port
-from edgecache.localkeystone import KeystoneGlance, LocalKeystone, ensure_keystone_venv
+from lab.glance import default_state_root, ensure_venv, free_port
+from lab.keystone import KeystoneGlance, LocalKeystone, ensure_keystone_venv
 
 REPO = Path(__file__).resolve().parents[1]
 PASSWORD = "bench-pw"

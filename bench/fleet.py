@@ -21,7 +21,7 @@ import uuid
 from contextlib import ExitStack
 from pathlib import Path
 
-from edgecache.localglance import LocalGlance, default_state_root, ensure_venv
+from lab.glance import LocalGlance, default_state_root, ensure_venv
 from tests.support.daemon import Daemon
 from tests.support.relay import Relay
 

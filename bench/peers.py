@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from bench.procs import Daemon, StartError, Trash, wait_http
 
 if TYPE_CHECKING:
-    from edgecache.localglance import LocalGlance
+    from lab.glance import LocalGlance
 
 GiB = 1 << 30
 

@@ -32,7 +32,7 @@ from bench.peers import (
 )
 from bench.procs import StartError, Trash
 from bench.scenarios import SCENARIOS, Scenario, Settings
-from edgecache.localglance import LocalGlance, default_state_root, ensure_venv, free_port
+from lab.glance import LocalGlance, default_state_root, ensure_venv, free_port
 
 GiB, MiB = 1 << 30, 1 << 20
 ALL_PEERS = ("glance", "nginx", "varnish", "glance-cache", "edgecache", "edgecache-gc")

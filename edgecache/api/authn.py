@@ -20,8 +20,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from edgecache.access.tokens import AuthRejected, Identity, KeystoneValidator
 from edgecache.api.errors import ROUTE_KEY
-from edgecache.auth import AuthRejected, Identity, KeystoneValidator
 
 VALIDATOR_KEY = web.AppKey("edgecache.token_validator", KeystoneValidator)
 IDENTITY_KEY = web.RequestKey("edgecache.identity", Identity)

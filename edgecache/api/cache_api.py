@@ -52,13 +52,12 @@ from aiohttp import web
 
 from edgecache.api.authn import caller_roles
 from edgecache.api.errors import REQUEST_ID_HEADER, REQUEST_ID_KEY, error_response
-from edgecache.cache import ImageCache
-from edgecache.config import Settings
+from edgecache.core.cache import ImageCache
+from edgecache.daemon.config import Settings
 from edgecache.errors import NoSpace, UpstreamError, UpstreamRefused
-from edgecache.index import Entry
-from edgecache.prefetch import MetadataSource, Prefetcher, PrefetchQueue
-from edgecache.scrub import Scrubber, Verdict, verified_at
-from edgecache.upstream import UUID_PATTERN, ImageMeta
+from edgecache.model import UUID_PATTERN, Entry, ImageMeta
+from edgecache.ops.prefetch import MetadataSource, Prefetcher, PrefetchQueue
+from edgecache.ops.scrub import Scrubber, Verdict, verified_at
 from edgecache.upstream.glance import forwarded
 from edgecache.upstream.service_auth import credentials_for
 

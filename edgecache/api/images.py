@@ -6,7 +6,7 @@ from the cache. Every other state goes to Glance, whose answer (204, 403, ...)
 the caller gets unchanged.
 
 A 404 for an image edgecache holds may mean it was deleted upstream: the
-:class:`~edgecache.deletions.DeletionCheck` decides whether to purge it. When no
+:class:`~edgecache.access.purge.DeletionCheck` decides whether to purge it. When no
 Glance answers at all, a cached copy is served only to a caller Glance granted
 that image to within ``offline_auth_ttl`` (``serve_cached_on_upstream_failure``).
 """
@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from edgecache.access.grants import MetadataCache
+from edgecache.access.purge import DeletionCheck
 from edgecache.api import proxy
 from edgecache.api.authn import caller_identity
 from edgecache.api.errors import (
@@ -31,13 +33,11 @@ from edgecache.api.errors import (
 )
 from edgecache.api.ranges import BadRange, ByteRange, UnsatisfiableRange, requested_range
 from edgecache.api.streaming import ClientGone, abort, send_fd
-from edgecache.cache import ImageCache
-from edgecache.deletions import DeletionCheck
+from edgecache.core.cache import ImageCache
+from edgecache.core.fill import Fill
 from edgecache.errors import FillAborted, UpstreamError, UpstreamRefused
-from edgecache.fill import Fill
-from edgecache.metadata import MetadataCache
 from edgecache.metrics import Metrics
-from edgecache.upstream import UUID_PATTERN, ImageMeta
+from edgecache.model import UUID_PATTERN, ImageMeta
 from edgecache.upstream.glance import GlanceUpstream, forwarded
 
 LOG = logging.getLogger(__name__)

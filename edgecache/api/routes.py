@@ -18,9 +18,8 @@ from urllib.parse import unquote
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from edgecache import logs
 from edgecache.api import cache_api, health, images, proxy, versions
-from edgecache.api.access import log_cancelled
+from edgecache.api.accesslog import log_cancelled
 from edgecache.api.errors import (
     REQUEST_ID_HEADER,
     REQUEST_ID_KEY,
@@ -29,6 +28,7 @@ from edgecache.api.errors import (
     error_response,
     request_id_for,
 )
+from edgecache.daemon import logs
 
 SERVICE_KEY = web.AppKey("edgecache.service", images.ImageService)
 

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from types import TracebackType
 
 import aiohttp
 
-from edgecache.errors import NotFound, UpstreamError, UpstreamRefused
-from edgecache.upstream import ImageMeta
+from edgecache.errors import UpstreamError, UpstreamRefused
+from edgecache.model import ImageMeta
+from edgecache.upstream.body import HttpBody, content_range_start
 
 LOG = logging.getLogger(__name__)
 
@@ -30,8 +30,6 @@ _RELAYED_STATUSES = frozenset({204, 400, 401, 403, 404, 405, 409, 410, 413, 415,
 # Big reads keep the per-chunk overhead (one executor hop per write) low; the
 # StreamReader pauses the socket at twice this size, which bounds memory.
 _READ_BUFSIZE = 1 << 20
-#: Pieces of an image body already received are joined up to this size.
-_BATCH = 1 << 20
 #: Statuses that mean "this Glance cannot answer now", not a verdict on the request.
 _UNAVAILABLE = frozenset({500, 502, 503, 504})
 #: Longest rest for an endpoint that keeps refusing connections.
@@ -41,37 +39,6 @@ _MAX_BACKOFF = 60.0
 def forwarded(headers: Mapping[str, str]) -> dict[str, str]:
     """The subset of a caller's headers that calls on its behalf carry."""
     return {name: value for name in FORWARDED_HEADERS if (value := headers.get(name)) is not None}
-
-
-class GlanceBody:
-    """A 200 image-data response being read."""
-
-    def __init__(self, response: aiohttp.ClientResponse, start: int = 0) -> None:
-        self._response = response
-        self.content_length = response.content_length
-        self.start = start
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        content = self._response.content
-        try:
-            while chunk := await content.readany():
-                # Hand the fill batches of what has already arrived, not each
-                # socket read: every piece costs a write and a hash hand-off to a
-                # thread and wakes every reader.
-                if len(chunk) < _BATCH:
-                    pieces = [chunk]
-                    size = len(chunk)
-                    while size < _BATCH and (more := content.read_nowait()):
-                        pieces.append(more)
-                        size += len(more)
-                    if len(pieces) > 1:
-                        chunk = b"".join(pieces)
-                yield chunk
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise UpstreamError(f"image body broke off: {exc!r}", reason="body") from exc
-
-    def close(self) -> None:
-        self._response.close()
 
 
 class GlanceUpstream:
@@ -234,7 +201,7 @@ class GlanceUpstream:
         *,
         offset: int = 0,
         meta: ImageMeta | None = None,
-    ) -> GlanceBody:
+    ) -> HttpBody:
         """``GET /v2/images/{id}/file``, from ``offset`` on with a Range when resuming.
 
         A 200 comes back open (starting at 0, even when a Range was asked: the
@@ -246,11 +213,11 @@ class GlanceUpstream:
             "GET", f"/v2/images/{image_id}/file", headers=headers, proxy=self.http_proxy
         )
         if response.status == 200:
-            return GlanceBody(response)
+            return HttpBody(response)
         if response.status == 206 and offset:
             start = content_range_start(response.headers.get("Content-Range", ""))
             if start == offset:
-                return GlanceBody(response, start=offset)
+                return HttpBody(response, start=offset)
             response.close()
             raise UpstreamError(
                 f"image {image_id}: asked for bytes {offset}-, got Content-Range "
@@ -265,11 +232,6 @@ class GlanceUpstream:
             raise _refusal(response, body)
 
 
-def content_range_start(header: str) -> int | None:
-    match = re.match(r"^\s*bytes\s+(\d+)-\d+/(?:\d+|\*)\s*$", header)
-    return int(match.group(1)) if match else None
-
-
 def _refusal(response: aiohttp.ClientResponse, body: bytes) -> Exception:
     """Glance's own verdicts go back to the caller; anything else means 'try later'."""
     if response.status in _RELAYED_STATUSES:
@@ -280,23 +242,3 @@ def _refusal(response: aiohttp.ClientResponse, body: bytes) -> Exception:
         }
         return UpstreamRefused(response.status, body, keep)
     return UpstreamError(f"upstream answered {response.status}", reason="status")
-
-
-def store_body(display: str, response: aiohttp.ClientResponse, offset: int) -> GlanceBody:
-    """A store's answer to a (possibly ranged) object GET, as a body a fill can pump.
-
-    A 200 is taken even when a Range was asked (the fill drops what it already
-    has); a 206 only if it starts at ``offset``; 404/410 is NotFound; anything
-    else is a store failure. ``display`` names the object without credentials.
-    """
-    if response.status == 200:
-        return GlanceBody(response)
-    if response.status == 206 and offset:
-        if content_range_start(response.headers.get("Content-Range", "")) == offset:
-            return GlanceBody(response, start=offset)
-        response.close()
-        raise UpstreamError(f"{display}: a 206 that does not start at {offset}", reason="store")
-    response.close()
-    if response.status in (404, 410):
-        raise NotFound(f"{display}: {response.status}")
-    raise UpstreamError(f"{display}: answered {response.status}", reason="store")

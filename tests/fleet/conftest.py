@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from edgecache.localglance import LocalGlance, default_state_root, ensure_venv
+from lab.glance import LocalGlance, default_state_root, ensure_venv
 
 MiB = 1 << 20
 

@@ -6,7 +6,7 @@ import concurrent.futures
 import hashlib
 from pathlib import Path
 
-from edgecache.localglance import LocalGlance
+from lab.glance import LocalGlance
 from tests.fleet.conftest import ImageFactory, MiB, get
 from tests.support.daemon import Daemon, free_port, wait_for
 from tests.support.relay import Relay

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edgecache.localglance import LocalGlance
+from lab.glance import LocalGlance
 from tests.fleet.conftest import ImageFactory, MiB, get
 from tests.support.daemon import Daemon, metric_value, wait_for
 from tests.support.relay import Relay

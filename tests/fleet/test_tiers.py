@@ -7,7 +7,7 @@ import hashlib
 from contextlib import ExitStack
 from pathlib import Path
 
-from edgecache.localglance import LocalGlance
+from lab.glance import LocalGlance
 from tests.fleet.conftest import Image, ImageFactory, MiB, get
 from tests.support.daemon import Daemon, wait_for
 from tests.support.relay import Relay

@@ -1,6 +1,6 @@
 """Behaviour tests of the daemon, in-process, in front of FaultyGlance (spec §4, §5).
 
-Each test builds the real application with :func:`edgecache.app.make_app`, serves
+Each test builds the real application with :func:`edgecache.daemon.app.make_app`, serves
 it with pytest-aiohttp's test server (``handler_cancellation`` on, like the
 daemon) and talks HTTP to it; FaultyGlance runs in the same event loop. The
 helpers below are shared by the ``test_*.py`` modules of this package.
@@ -26,9 +26,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from pytest_aiohttp import AiohttpClient
 
 from edgecache.api.routes import SERVICE_KEY
-from edgecache.app import METRICS_KEY, make_app
-from edgecache.cache import ImageCache
-from edgecache.config import CacheSettings, Settings, UpstreamSettings
+from edgecache.core.cache import ImageCache
+from edgecache.daemon.app import METRICS_KEY, make_app
+from edgecache.daemon.config import CacheSettings, Settings, UpstreamSettings
 from edgecache.metrics import Metrics
 
 MiB = 1 << 20

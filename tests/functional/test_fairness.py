@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pytest_aiohttp import AiohttpClient
 
-from edgecache.prefetch import DEMAND_YIELD
+from edgecache.ops.prefetch import DEMAND_YIELD
 from tests.functional import WAIT, Edge, MiB, eventually, file_path, start_edgecache
 from tests.support.faultyglance import Fault, FaultyGlance
 

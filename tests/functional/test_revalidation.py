@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pytest_aiohttp import AiohttpClient
 
-from edgecache.app import make_app
+from edgecache.daemon.app import make_app
 from tests.functional import Edge, eventually, file_path, settings
 from tests.support.faultyglance import FaultyGlance
 

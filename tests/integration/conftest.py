@@ -28,7 +28,7 @@ import glanceclient
 import pytest
 from glanceclient.v2.client import Client as GlanceClient
 
-from edgecache.localglance import LocalGlance, default_state_root, ensure_venv
+from lab.glance import LocalGlance, default_state_root, ensure_venv
 from tests.support.daemon import Daemon
 
 MiB = 1 << 20

@@ -16,7 +16,7 @@ import pytest
 import requests
 from glanceclient import exc as glance_exc
 
-from edgecache.localglance import LocalGlance
+from lab.glance import LocalGlance
 from tests.support.daemon import Daemon, wait_for
 
 if TYPE_CHECKING:

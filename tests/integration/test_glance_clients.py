@@ -22,7 +22,7 @@ import pytest
 import requests
 from keystoneauth1 import adapter, noauth, session
 
-from edgecache.localglance import LocalGlance, sha512_file
+from lab.glance import LocalGlance, sha512_file
 from tests.support.daemon import Daemon, metric_value
 
 if TYPE_CHECKING:

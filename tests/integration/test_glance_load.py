@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import glanceclient
 import pytest
 
-from edgecache.localglance import LocalGlance
+from lab.glance import LocalGlance
 from tests.support.daemon import Daemon, metric_value
 
 if TYPE_CHECKING:

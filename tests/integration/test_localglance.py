@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from edgecache.localglance import LocalGlance, default_state_root, ensure_venv, sha512_file
+from lab.glance import LocalGlance, default_state_root, ensure_venv, sha512_file
 
 pytestmark = pytest.mark.integration
 

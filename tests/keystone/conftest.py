@@ -34,8 +34,8 @@ from typing import Any
 
 import pytest
 
-from edgecache.localglance import default_state_root, ensure_venv
-from edgecache.localkeystone import KeystoneGlance, LocalKeystone, ensure_keystone_venv
+from lab.glance import default_state_root, ensure_venv
+from lab.keystone import KeystoneGlance, LocalKeystone, ensure_keystone_venv
 from tests.support.daemon import Daemon
 
 PASSWORD = "secret-pw"

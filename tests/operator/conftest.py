@@ -1,7 +1,7 @@
 """Operator features against the real thing: a real Glance, edgecache as a process, real CLIs.
 
 Upstream is one real Glance 33 per session (noauth, no cache of its own), run by
-:class:`edgecache.localglance.LocalGlance` like the integration suite's; each test
+:class:`lab.glance.LocalGlance` like the integration suite's; each test
 module starts the edgecache daemon(s) it needs with the options it tests
 (:func:`tests.operator.support.operator_daemon`). The clients are the ones
 operators use: the ``glance`` CLI of python-glanceclient, ``glance-cache-manage``
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from edgecache.localglance import LocalGlance, default_state_root, ensure_venv
+from lab.glance import LocalGlance, default_state_root, ensure_venv
 from tests.operator.support import Image, ImageFactory
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgecache.localglance import LocalGlance
+from lab.glance import LocalGlance
 from tests.support.daemon import Daemon, run_cli
 
 MiB = 1 << 20

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edgecache.localglance import LocalGlance
+from lab.glance import LocalGlance
 from tests.operator.support import (
     ImageFactory,
     MiB,

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from edgecache import config
+from edgecache.daemon import config
 from edgecache.errors import ConfigError
-from edgecache.prefetch import PrefetchQueue, QueuedImage
-from edgecache.ratelimit import TokenBucket
+from edgecache.ops.prefetch import PrefetchQueue, QueuedImage
+from edgecache.ops.ratelimit import TokenBucket
 
 
 class FakeClock:

@@ -6,7 +6,7 @@ import threading
 import time
 from pathlib import Path
 
-from edgecache.localglance import LocalGlance
+from lab.glance import LocalGlance
 from tests.operator.support import (
     ImageFactory,
     MiB,

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from edgecache.config import service_opts
+from edgecache.daemon.config import service_opts
 from tests.service import REPO_ROOT
 from tests.support.daemon import Daemon
 from tests.support.faultyglance import FaultyGlance

@@ -24,9 +24,9 @@ import pytest
 from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
-from edgecache.localglance import LocalGlance, default_state_root, ensure_venv
-from edgecache.localswift import LocalSwift, ensure_swift_venv
 from edgecache.upstream.stores import FileStore, HttpStore, StoreBackend
+from lab.glance import LocalGlance, default_state_root, ensure_venv
+from lab.swift import LocalSwift, ensure_swift_venv
 from tests.support.motos3 import MotoS3, moto_s3
 
 
@@ -54,7 +54,7 @@ async def store(
         return path
 
     if request.param == "s3":
-        from edgecache.upstream.stores_s3 import S3Store
+        from edgecache.upstream.stores.s3 import S3Store
 
         s3: MotoS3 = request.getfixturevalue("s3_server")
         prefix = uuid.uuid4().hex
@@ -66,7 +66,7 @@ async def store(
         return
 
     if request.param == "swift":
-        from edgecache.upstream.stores_swift import SwiftStore
+        from edgecache.upstream.stores.swift import SwiftStore
 
         swift: LocalSwift = request.getfixturevalue("local_swift")
         prefix = uuid.uuid4().hex

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from edgecache.errors import NotFound
-from edgecache.upstream import ImageBody
+from edgecache.model import ImageBody
 from tests.stores.conftest import StoreUnderTest
 
 MiB = 1 << 20

@@ -10,11 +10,11 @@ from pathlib import Path
 
 from pytest_aiohttp import AiohttpClient
 
-from edgecache.localglance import LocalGlance
 from edgecache.metrics import Metrics
-from edgecache.upstream import ImageMeta
+from edgecache.model import ImageMeta
 from edgecache.upstream.glance import GlanceUpstream
 from edgecache.upstream.stores import DirectStoreSource, default_stores
+from lab.glance import LocalGlance
 from tests.fleet.conftest import get
 from tests.functional import WAIT, eventually, file_path, start_edgecache
 from tests.support.daemon import Daemon, metric_value, wait_for

@@ -8,7 +8,7 @@ location Glance records names that Keystone address, so edgecache (with
 ``[upstream] direct_stores``) reads the object with its own ``[upstream_auth]``
 session for the same user, and Glance never serves the image's ``/file``.
 
-edgecache runs in keystone mode: :func:`edgecache.config.load` only builds the
+edgecache runs in keystone mode: :func:`edgecache.daemon.config.load` only builds the
 ``[upstream_auth]`` session when ``auth_strategy = keystone``, and without that
 session a location at a Keystone address cannot be read. Glance runs noauth, so
 the caller's token edgecache forwards to it is simply ignored there.
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from edgecache.localglance import LocalGlance, default_state_root, ensure_venv
+from lab.glance import LocalGlance, default_state_root, ensure_venv
 from tests.fleet.conftest import get
 from tests.functional import file_path
 from tests.stores import test_swift_keystone as ks_module

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import pytest
 
-from edgecache.localglance import LocalGlance, default_state_root, ensure_venv
-from edgecache.localswift import KEY, USER, LocalSwift
+from lab.glance import LocalGlance, default_state_root, ensure_venv
+from lab.swift import KEY, USER, LocalSwift
 from tests.fleet.conftest import get
 from tests.functional import file_path
 from tests.support.daemon import Daemon, metric_value, wait_for

@@ -16,7 +16,7 @@ from pytest_aiohttp import AiohttpClient
 
 from edgecache.errors import NotFound, UpstreamError
 from edgecache.upstream.stores import StoreRegistry
-from edgecache.upstream.stores_s3 import S3Location, S3Store
+from edgecache.upstream.stores.s3 import S3Location, S3Store
 from tests.functional import file_path, start_edgecache
 from tests.support.faultyglance import FaultyGlance
 from tests.support.motos3 import SECRET_KEY, MotoS3

@@ -21,9 +21,9 @@ import pytest
 from pytest_aiohttp import AiohttpClient
 
 from edgecache.errors import NotFound, UpstreamError
-from edgecache.localswift import KEY, LocalSwift
-from edgecache.upstream import ImageBody
-from edgecache.upstream.stores_swift import KeystoneSession, SwiftStore, parse_location
+from edgecache.model import ImageBody
+from edgecache.upstream.stores.swift import KeystoneSession, SwiftStore, parse_location
+from lab.swift import KEY, LocalSwift
 from tests.functional import file_path, start_edgecache
 from tests.support.faultyglance import FaultyGlance
 

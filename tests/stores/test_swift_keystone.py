@@ -7,7 +7,7 @@ keystonemiddleware's ``authtoken`` and Swift's ``keystoneauth`` instead of
 tempauth. Glance's store user ``glance`` holds ``member`` on project
 ``glance-store``; its object lives in that project's ``AUTH_<project id>``
 account, which SwiftStore finds in the catalog of the session that
-:func:`edgecache.config.load` builds from ``[upstream_auth]``.
+:func:`edgecache.daemon.config.load` builds from ``[upstream_auth]``.
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from edgecache import config
+from edgecache.daemon import config
 from edgecache.errors import NotFound
-from edgecache.localglance import default_state_root
-from edgecache.localkeystone import LocalKeystone, ensure_keystone_venv
-from edgecache.localswift import KeystoneAuth, LocalSwift, ensure_swift_venv
-from edgecache.upstream import ImageBody
-from edgecache.upstream.stores_swift import KeystoneSession, SwiftStore
+from edgecache.model import ImageBody
+from edgecache.upstream.stores.swift import KeystoneSession, SwiftStore
+from lab.glance import default_state_root
+from lab.keystone import LocalKeystone, ensure_keystone_venv
+from lab.swift import KeystoneAuth, LocalSwift, ensure_swift_venv
 
 MiB = 1 << 20
 STORE_USER = "glance"

@@ -1,4 +1,4 @@
-"""Token hygiene of edgecache.auth without a Keystone: identities, log redaction."""
+"""Token hygiene of edgecache.access.tokens without a Keystone: identities, log redaction."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
+from edgecache.access.tokens import Identity, quiet_keystone_loggers
 from edgecache.api.authn import needs_token
-from edgecache.auth import Identity, quiet_keystone_loggers
 
 FERNET = "gAAAAABpZx" + "Ab1-_" * 30
 
@@ -46,7 +46,7 @@ def test_keystone_loggers_never_show_a_token(caplog: pytest.LogCaptureFixture) -
 
 
 def test_only_plain_user_tokens_skip_the_thread() -> None:
-    from edgecache.auth import _known_key
+    from edgecache.access.tokens import _known_key
 
     assert _known_key({"X-Auth-Token": "abc"}) == _known_key({"X-Auth-Token": " abc "})
     assert _known_key({"X-Auth-Token": "abc"}) != _known_key({"X-Auth-Token": "abd"})
@@ -57,7 +57,7 @@ def test_only_plain_user_tokens_skip_the_thread() -> None:
 def test_a_token_is_reused_until_shortly_before_it_expires() -> None:
     import datetime as dt
 
-    from edgecache.auth import _reusable_for
+    from edgecache.access.tokens import _reusable_for
 
     def info(**token: object) -> dict[str, object]:
         return {"keystone.token_info": {"token": token}}

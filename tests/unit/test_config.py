@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edgecache import config
+from edgecache.daemon import config
 from edgecache.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,7 +1,8 @@
 """Eviction and stall decisions, with sizes and clocks passed in."""
 
-from edgecache import policy
-from edgecache.index import Entry, Index
+from edgecache.core import policy
+from edgecache.core.index import Index
+from edgecache.model import Entry
 
 
 def _index(*sizes: int) -> Index:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from oslo_config import cfg
 
-from edgecache import config, logs, sdnotify
+from edgecache.daemon import config, logs, sdnotify
 from edgecache.errors import ConfigError
 
 

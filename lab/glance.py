@@ -13,7 +13,7 @@ standalone server.
 Only the standard library is used here: this module must work before (and
 independently of) anything else being installed.
 
-Run ``python -m edgecache.localglance [flavor [port]]`` for a Glance to poke at by hand.
+Run ``python -m lab.glance [flavor [port]]`` for a Glance to poke at by hand.
 """
 
 from __future__ import annotations

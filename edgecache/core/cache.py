@@ -16,12 +16,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from edgecache import metrics as m
-from edgecache import policy
-from edgecache.diskstore import DiskStore
+from edgecache.core import policy
+from edgecache.core.diskstore import DiskStore
+from edgecache.core.fill import Fill, Throttle
+from edgecache.core.index import Index
 from edgecache.errors import FillAborted, FillStalled, NoSpace, UpstreamError, UpstreamRefused
-from edgecache.fill import Fill, Throttle
-from edgecache.index import Entry, Index
-from edgecache.upstream import ImageMeta, ImageSource
+from edgecache.model import Entry, ImageMeta, ImageSource, same_bytes
 
 LOG = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ class ImageCache:
         A live caller joining a prefetch's fill lifts its throttle.
         """
         fill = self.fills.get(meta.id)
-        if fill is None or fill.error is not None or not fill.meta.same_content(meta):
+        if fill is None or fill.error is not None or not same_bytes(fill.meta, meta):
             return None
         fill.lift_throttle()
         self._demand_changed()

@@ -27,10 +27,10 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
-from edgecache.cache import ImageCache
+from edgecache.access.grants import MetadataCache
+from edgecache.core.cache import ImageCache
 from edgecache.errors import UpstreamError, UpstreamRefused
-from edgecache.metadata import MetadataCache
-from edgecache.upstream import ImageMeta
+from edgecache.model import ImageMeta
 from edgecache.upstream.service_auth import Credentials
 
 LOG = logging.getLogger(__name__)

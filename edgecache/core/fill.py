@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Protocol
 
 from edgecache.errors import ChecksumMismatch, FillAborted, ShortBody
-from edgecache.upstream import ImageBody, ImageMeta
+from edgecache.model import ImageBody, ImageMeta
 
 #: Writes (and hash updates) allowed in flight before the pump waits; with
 #: upstream reads of up to ~2 MiB this bounds a fill's buffered memory.
@@ -32,7 +32,7 @@ _MAX_IN_FLIGHT = 4
 
 
 class Throttle(Protocol):
-    """Paces a prefetch's upstream reads (see :mod:`edgecache.prefetch`)."""
+    """Paces a prefetch's upstream reads (see :mod:`edgecache.ops.prefetch`)."""
 
     async def take(self, amount: int) -> None:
         """Wait as long as reading ``amount`` more bytes costs under the cap."""

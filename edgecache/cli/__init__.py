@@ -1,4 +1,4 @@
-"""The ``edgecache`` command (spec §2)."""
+"""The ``edgecache`` command: ``serve``, ``cache ...``, ``--version``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from collections.abc import Sequence
 
 import click
 
-from edgecache import __version__, cli_cache
+from edgecache import __version__
+from edgecache.cli import cache as cli_cache
 from edgecache.errors import ConfigError
 
 
@@ -23,7 +24,7 @@ def serve(oslo_args: Sequence[str]) -> None:
     """Run the daemon (oslo.config options: --config-file FILE, --config-dir DIR)."""
     from oslo_config import cfg
 
-    from edgecache import app, config, logs
+    from edgecache.daemon import app, config, logs
 
     conf = cfg.ConfigOpts()  # kept: SIGHUP re-reads its files
     try:
@@ -37,16 +38,6 @@ def serve(oslo_args: Sequence[str]) -> None:
         click.echo(f"edgecache: cannot open log_file: {exc}", err=True)
         sys.exit(2)
     app.run(settings, conf)
-
-
-@main.command()
-@click.option("--size-mib", default=256, show_default=True, help="Size of the sample image.")
-@click.option("--keep-running", is_flag=True, help="Keep Glance and edgecache up until Ctrl-C.")
-def demo(size_mib: int, keep_running: bool) -> None:
-    """Run edgecache in front of a local Glance: a miss, a hit, the metrics."""
-    from edgecache import demo as demo_module
-
-    demo_module.run(size=size_mib << 20, keep_running=keep_running)
 
 
 main.add_command(cli_cache.cache)  # edgecache cache list|queue|delete|clear|pin|unpin|verify

@@ -11,25 +11,22 @@ locations in order and falls back to Glance's own ``/file``.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
 import urllib.parse
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Protocol
 
 import aiohttp
 
 from edgecache.errors import NotFound, UpstreamError
 from edgecache.metrics import Metrics
-from edgecache.upstream import ImageBody, ImageMeta, ImageSource, stores_s3
-from edgecache.upstream.glance import store_body
-from edgecache.upstream.stores_swift import KeystoneSession, SwiftStore
+from edgecache.model import ImageBody, ImageMeta, ImageSource
+from edgecache.upstream.stores import s3
+from edgecache.upstream.stores.file import FileStore
+from edgecache.upstream.stores.http import HttpStore
+from edgecache.upstream.stores.swift import KeystoneSession, SwiftStore
 
 LOG = logging.getLogger(__name__)
-
-#: bytes per read of a file-store object (one thread hop each)
-FILE_PIECE = 1 << 20
 
 
 class StoreBackend(Protocol):
@@ -44,79 +41,6 @@ class StoreBackend(Protocol):
         (reason ``store``) for any other failure.
         """
         ...
-
-
-class FileBody:
-    """A file-store object read in :data:`FILE_PIECE` pieces from an offset, in a thread."""
-
-    def __init__(self, fd: int, start: int, length: int) -> None:
-        self._fd: int | None = fd
-        self.start = start
-        self.content_length: int | None = length
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        position = self.start
-        while self._fd is not None:
-            try:
-                piece = await asyncio.to_thread(os.pread, self._fd, FILE_PIECE, position)
-            except OSError as exc:
-                # "body": the fill resumes from what it has (spec §5.5)
-                raise UpstreamError(f"store file read failed: {exc}", reason="body") from exc
-            if not piece:
-                return
-            position += len(piece)
-            yield piece
-
-    def close(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
-
-
-class FileStore:
-    """``file://`` URLs: a Glance file store mounted on this host (NFS, say)."""
-
-    schemes: tuple[str, ...] = ("file",)
-
-    async def open(self, url: str, offset: int = 0) -> ImageBody:
-        parts = urllib.parse.urlsplit(url)
-        if parts.netloc not in ("", "localhost"):
-            # RFC 8089 §2: a file URL naming another host is not readable here
-            raise UpstreamError(f"{url}: not a local file", reason="store")
-        path = urllib.parse.unquote(parts.path)
-        try:
-            fd = await asyncio.to_thread(os.open, path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError as exc:
-            raise NotFound(f"{url}: no such file") from exc
-        except OSError as exc:
-            raise UpstreamError(f"{url}: {exc}", reason="store") from exc
-        try:
-            size = os.fstat(fd).st_size
-        except OSError as exc:
-            os.close(fd)
-            raise UpstreamError(f"{url}: {exc}", reason="store") from exc
-        if offset > size:
-            os.close(fd)
-            raise UpstreamError(f"{url}: offset {offset} beyond its {size} bytes",
-                                reason="store")
-        return FileBody(fd, offset, size - offset)
-
-
-class HttpStore:
-    """``http://`` and ``https://`` URLs, read with the upstream's shared session."""
-
-    schemes: tuple[str, ...] = ("http", "https")
-
-    def __init__(self, session: aiohttp.ClientSession) -> None:
-        self._session = session
-
-    async def open(self, url: str, offset: int = 0) -> ImageBody:
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
-        try:
-            response = await self._session.get(url, headers=headers, allow_redirects=True)
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise UpstreamError(f"{url}: {exc!r}", reason="store") from exc
-        return store_body(url, response, offset)
 
 
 class StoreRegistry:
@@ -144,8 +68,8 @@ def default_stores(
     backends: list[StoreBackend] = [FileStore(), HttpStore(session)]
     # swift(+http/+https)://: v1 auth from the URL, or the [upstream_auth] session
     backends.append(SwiftStore(session, keystone))
-    if stores_s3.available():
-        backends.append(stores_s3.S3Store())
+    if s3.available():
+        backends.append(s3.S3Store())
     return StoreRegistry(backends)
 
 

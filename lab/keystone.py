@@ -6,13 +6,13 @@ Glance, pins too many packages to share edgecache's environment, so it gets a
 virtualenv of its own (:func:`ensure_keystone_venv`). :class:`LocalKeystone`
 writes a throw-away configuration (sqlite, fernet keys under its state
 directory), bootstraps an ``admin`` user and runs ``keystone.wsgi.api`` under
-uWSGI. :class:`KeystoneGlance` is a :class:`~edgecache.localglance.LocalGlance`
+uWSGI. :class:`KeystoneGlance` is a :class:`~lab.glance.LocalGlance`
 with the ``keystone`` paste flavor: ``authtoken`` validates every token against
 that Keystone and Glance's own default policies decide.
 
-Standard library only, like :mod:`edgecache.localglance`.
+Standard library only, like :mod:`lab.glance`.
 
-Run ``python -m edgecache.localkeystone`` for a Keystone and a Glance to poke at by hand.
+Run ``python -m lab.keystone`` for a Keystone and a Glance to poke at by hand.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from edgecache.localglance import (
+from lab.glance import (
     GlanceHTTPError,
     LocalGlance,
     Response,

@@ -30,12 +30,12 @@ from typing import Any, Protocol
 
 import diskcache
 
-from edgecache.cache import ImageCache
+from edgecache.core.cache import ImageCache
+from edgecache.core.fill import Fill
 from edgecache.errors import EdgecacheError, NoSpace, UpstreamError, UpstreamRefused
-from edgecache.fill import Fill
 from edgecache.metrics import Metrics
-from edgecache.ratelimit import TokenBucket
-from edgecache.upstream import ImageMeta
+from edgecache.model import ImageMeta
+from edgecache.ops.ratelimit import TokenBucket
 from edgecache.upstream.service_auth import Credentials, NoCredentials
 
 LOG = logging.getLogger(__name__)

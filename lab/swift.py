@@ -1,6 +1,6 @@
 """Provision and run a real single-node Swift on 127.0.0.1 (the published ``swift`` package).
 
-Swift gets a virtualenv of its own under :func:`~edgecache.localglance.default_state_root`
+Swift gets a virtualenv of its own under :func:`~lab.glance.default_state_root`
 (:func:`ensure_swift_venv`), like Glance. :class:`LocalSwift` writes a throw-away
 configuration under its state directory (``swift.conf``, one-replica account,
 container and object rings, one device directory with ``mount_check = false``)
@@ -15,7 +15,7 @@ Swift reads ``/etc/swift/swift.conf`` unless told otherwise, so each server is
 started through a two-line shim that points ``swift_dir`` at the state directory
 before running the server's WSGI app.
 
-Standard library only, like :mod:`edgecache.localglance`.
+Standard library only, like :mod:`lab.glance`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgecache.localglance import _alive, _child_env, _file_lock, _run_logged, _say, free_port
+from lab.glance import _alive, _child_env, _file_lock, _run_logged, _say, free_port
 
 SWIFT_VERSION = "2.38.3"
 #: for the keystone mode's ``authtoken`` filter (Swift does not depend on it)

@@ -20,9 +20,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from edgecache.cache import ImageCache
-from edgecache.index import Entry
-from edgecache.ratelimit import TokenBucket
+from edgecache.core.cache import ImageCache
+from edgecache.model import Entry
+from edgecache.ops.ratelimit import TokenBucket
 
 LOG = logging.getLogger(__name__)
 

@@ -24,21 +24,21 @@ import prometheus_client
 from aiohttp import web
 from oslo_config import cfg
 
-from edgecache import logs, sdnotify
+from edgecache.access.grants import MetadataCache
+from edgecache.access.purge import DeletionCheck
 from edgecache.api import authn
-from edgecache.api.access import AccessLogger
+from edgecache.api.accesslog import AccessLogger
 from edgecache.api.cache_api import CACHE_ADMIN_KEY, build_cache_admin
 from edgecache.api.health import HEALTH_KEY, Health
 from edgecache.api.images import ImageService
 from edgecache.api.routes import SERVICE_KEY, setup_routes
-from edgecache.cache import ImageCache
-from edgecache.config import Settings, live_settings
-from edgecache.deletions import DeletionCheck
-from edgecache.diskstore import DiskStore
+from edgecache.core.cache import ImageCache
+from edgecache.core.diskstore import DiskStore
+from edgecache.daemon import logs, sdnotify
+from edgecache.daemon.config import Settings, live_settings
 from edgecache.errors import ConfigError
-from edgecache.metadata import MetadataCache
 from edgecache.metrics import Metrics
-from edgecache.upstream import ImageSource
+from edgecache.model import ImageSource
 from edgecache.upstream.glance import GlanceUpstream
 from edgecache.upstream.service_auth import credentials_for
 from edgecache.upstream.stores import DirectStoreSource, default_stores
@@ -58,7 +58,9 @@ def make_app(settings: Settings, *, metrics: Metrics | None = None) -> web.Appli
     app.cleanup_ctx.append(_service)
     setup_routes(app)
     if settings.auth_strategy == "keystone" and settings.keystone_conf is not None:
-        from edgecache.auth import KeystoneValidator  # keystonemiddleware: keystone mode only
+        from edgecache.access.tokens import (
+            KeystoneValidator,  # keystonemiddleware: keystone mode only
+        )
 
         authn.setup(app, KeystoneValidator(settings.keystone_conf))
     return app

@@ -33,8 +33,8 @@ import aiohttp
 from keystoneauth1.session import Session as KeystoneSession
 
 from edgecache.errors import UpstreamError
-from edgecache.upstream import ImageBody
-from edgecache.upstream.glance import store_body
+from edgecache.model import ImageBody
+from edgecache.upstream.body import store_body
 
 __all__ = ["KeystoneSession", "SwiftLocation", "SwiftStore", "parse_location"]
 

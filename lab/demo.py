@@ -1,4 +1,4 @@
-"""``edgecache demo``: the main job on an embedded default, nothing to install by hand.
+"""``./scripts/demo`` (``python -m lab.demo``): the main job on an embedded default.
 
 Starts a real Glance (its published package, sqlite, file store, noauth) on
 loopback, uploads a sample image, runs edgecache in front of it, and shows a
@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from edgecache.localglance import LocalGlance, default_state_root, ensure_venv, free_port
+from lab.glance import LocalGlance, default_state_root, ensure_venv, free_port
 
 _SAMPLE_SIZE = 256 << 20
 
@@ -129,3 +129,19 @@ def run(*, size: int = _SAMPLE_SIZE, keep_running: bool = False) -> None:
                 edgecache.kill()
                 edgecache.wait()
         glance.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m lab.demo", description=__doc__)
+    parser.add_argument("--size-mib", type=int, default=_SAMPLE_SIZE >> 20,
+                        help="size of the sample image (default %(default)s)")
+    parser.add_argument("--keep-running", action="store_true",
+                        help="keep Glance and edgecache up until Ctrl-C")
+    args = parser.parse_args(argv)
+    run(size=args.size_mib << 20, keep_running=args.keep_running)
+
+
+if __name__ == "__main__":
+    main()

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from edgecache.errors import NotFound, UpstreamError
-from edgecache.upstream import ImageBody
+from edgecache.model import ImageBody
 
 if TYPE_CHECKING:
     from botocore.exceptions import BotoCoreError

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import diskcache
 
-from edgecache.index import Entry
+from edgecache.model import Entry
 
 
 class DiskStore:

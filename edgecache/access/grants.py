@@ -25,7 +25,7 @@ from typing import Protocol
 from aiocache import SimpleMemoryCache
 
 from edgecache.errors import UpstreamRefused
-from edgecache.upstream import ImageMeta
+from edgecache.model import ImageMeta
 
 _CREDENTIAL_HEADERS = ("x-auth-token", "x-service-token", "x-roles")
 #: Bound on remembered grants: a caller can add one only with a token Glance accepts.

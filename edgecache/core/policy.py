@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from edgecache.index import Entry
+from edgecache.model import Entry
 
 
 def victims_for(

@@ -1,0 +1,1 @@
+"""Who may have which bytes: token validation, Glance's grants reused, purges."""

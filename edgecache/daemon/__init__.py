@@ -1,0 +1,1 @@
+"""The composition root: options, wiring of every service, logs, systemd notifications."""

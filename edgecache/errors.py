@@ -1,7 +1,7 @@
 """The exceptions edgecache raises between its layers.
 
-Handlers map them onto HTTP statuses in one place (``edgecache.api.errors``), so
-lower layers never speak HTTP.
+The API maps them onto HTTP statuses in one place (:func:`edgecache.api.errors.answer_for`),
+so lower layers never speak HTTP.
 """
 
 from __future__ import annotations
@@ -52,6 +52,14 @@ class ShortBody(FillAborted):
 
 class FillStalled(FillAborted):
     """A fill made no progress for ``[cache] stall_time`` seconds."""
+
+
+class FillCoolingDown(EdgecacheError):
+    """The image's last fill failed moments ago: no new fill of it starts yet."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class NoSpace(EdgecacheError):

@@ -64,7 +64,7 @@ class DeletionCheck:
 
     def not_found(self, image_id: str, *, caller_is_admin: bool) -> None:
         """A caller got Glance's 404 for ``image_id``: purge now, check, or ignore."""
-        if image_id not in self._cache.index and image_id not in self._cache.fills:
+        if not self._cache.holds(image_id):
             return
         if caller_is_admin:
             LOG.info("image %s: 404 to an admin: deleted upstream; purging the copy", image_id)

@@ -40,28 +40,22 @@ methods on these paths answer 405, as Glance's router does.
 from __future__ import annotations
 
 import json
-import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
 from aiohttp import web
 
 from edgecache.api.authn import caller_roles
-from edgecache.api.errors import REQUEST_ID_HEADER, REQUEST_ID_KEY, error_response
-from edgecache.core.cache import ImageCache
-from edgecache.daemon.config import Settings
+from edgecache.api.errors import REQUEST_ID_HEADER, REQUEST_ID_KEY, answer_for, error_response
+from edgecache.core.cache import ImageCache, verified_at
 from edgecache.errors import NoSpace, UpstreamError, UpstreamRefused
 from edgecache.model import UUID_PATTERN, Entry, ImageMeta
-from edgecache.ops.prefetch import MetadataSource, Prefetcher, PrefetchQueue
-from edgecache.ops.scrub import Scrubber, Verdict, verified_at
+from edgecache.ops.prefetch import Prefetcher
+from edgecache.ops.scrub import Scrubber, Verdict
 from edgecache.upstream.glance import forwarded
-from edgecache.upstream.service_auth import credentials_for
-
-LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -185,7 +179,7 @@ def entry_json(entry: Entry) -> dict[str, Any]:
 
 
 def _cached(admin: CacheAdmin) -> list[dict[str, Any]]:
-    return [entry_json(entry) for entry in admin.cache.index.lru_order()]
+    return [entry_json(entry) for entry in admin.cache.entries()]
 
 
 def _verdict_json(verdict: Verdict) -> dict[str, Any]:
@@ -205,13 +199,8 @@ async def _image_for_caller(
     headers[REQUEST_ID_HEADER] = request[REQUEST_ID_KEY]
     try:
         meta = await admin.lookup(image_id, headers)
-    except UpstreamRefused as refusal:
-        if refusal.status == 404:
-            return error_response(404, f"Image {image_id} not found.")
-        return error_response(refusal.status, f"Glance refused image {image_id}.")
-    except UpstreamError:
-        return error_response(503, "The image service is unavailable; try again later.",
-                              **{"Retry-After": "1"})
+    except (UpstreamRefused, UpstreamError) as exc:
+        return answer_for(exc)
     if meta.status != "active":
         return error_response(400, "Only images with status active can be targeted for queueing")
     return meta
@@ -226,24 +215,24 @@ async def list_cache(request: web.Request, admin: CacheAdmin, _: str) -> web.Res
         "queued_images": admin.prefetcher.queued(),
     }
     if request.query.get("detail", "").lower() in ("1", "true", "yes"):
-        cache = admin.cache
+        usage = admin.cache.usage()
         body["prefetch"] = admin.prefetcher.progress()
         body["failed"] = list(admin.prefetcher.failures)
         body["fills"] = [
             {
                 "image_id": fill.image_id,
-                "bytes_done": fill.written,
-                "bytes_total": fill.size,
-                "prefetch": fill.throttle is not None,
+                "bytes_done": fill.bytes_done,
+                "bytes_total": fill.bytes_total,
+                "prefetch": fill.prefetch,
             }
-            for fill in list(cache.fills.values())
+            for fill in admin.cache.fills()
         ]
         body["usage"] = {
-            "size": cache.index.total_bytes,
-            "reserved": cache.reserved,
-            "max_size": cache.max_size,
-            "pinned": cache.pinned_bytes(),
-            "images": len(cache.index),
+            "size": usage.size,
+            "reserved": usage.reserved,
+            "max_size": usage.max_size,
+            "pinned": usage.pinned,
+            "images": usage.images,
         }
     return _json(body)
 
@@ -274,16 +263,8 @@ async def clear_cache(request: web.Request, admin: CacheAdmin, _: str) -> web.Re
     if target in ("", "both", "queue"):
         await admin.prefetcher.clear()
     if target in ("", "both", "cache"):
-        await _evict_all(admin)
+        await admin.cache.evict_all()
     return web.Response(status=204)
-
-
-async def _evict_all(admin: CacheAdmin) -> int:
-    """Every committed image goes, pinned ones too: an operator asked for it by name."""
-    victims = [entry.image_id for entry in admin.cache.index.lru_order()]
-    for image_id in victims:
-        await admin.cache.evict(image_id)
-    return len(victims)
 
 
 async def clean(request: web.Request, admin: CacheAdmin, _: str) -> web.Response:
@@ -293,12 +274,11 @@ async def clean(request: web.Request, admin: CacheAdmin, _: str) -> web.Response
 
 async def prune(request: web.Request, admin: CacheAdmin, _: str) -> web.Response:
     """LRU down to max_size; the bound is kept on admission, so this is usually a no-op."""
-    cache = admin.cache
-    before = {e.image_id: e.size for e in cache.index.lru_order()}
-    await cache.enforce_limit()
-    after = {e.image_id for e in cache.index.lru_order()}
-    gone = [size for image_id, size in before.items() if image_id not in after]
-    return _json({"total_files_pruned": len(gone), "total_bytes_pruned": sum(gone)})
+    gone = await admin.cache.prune()
+    return _json({
+        "total_files_pruned": len(gone),
+        "total_bytes_pruned": sum(entry.size for entry in gone),
+    })
 
 
 async def nodes(request: web.Request, admin: CacheAdmin, _: str) -> web.Response:
@@ -310,31 +290,24 @@ async def nodes(request: web.Request, admin: CacheAdmin, _: str) -> web.Response
 
 
 async def pin(request: web.Request, admin: CacheAdmin, image_id: str) -> web.Response:
-    fill = admin.cache.fills.get(image_id)
-    if fill is not None and fill.verified:
-        await admin.cache.wait_fill(fill)  # only its commit is left: pin the result
-    reserved = admin.prefetcher.pending_pin_bytes()
-    if image_id in admin.cache.index:
-        try:
-            entry = await admin.cache.pin(image_id, reserved=reserved)
-        except NoSpace as exc:
-            return error_response(409, str(exc))
-        if entry is not None:
-            return _json(entry_json(entry))
+    await admin.cache.wait_commit(image_id)  # a verified fill: pin what it commits
+    promised = admin.prefetcher.pending_pin_bytes()
+    try:
+        entry = await admin.cache.pin(image_id, promised=promised)
+    except NoSpace as exc:
+        return answer_for(exc)
+    if entry is not None:
+        return _json(entry_json(entry))
     meta = await _image_for_caller(request, admin, image_id)
     if isinstance(meta, web.Response):
         return meta
     if meta.size is None:
         return error_response(400, f"Image {image_id} has no size: it cannot be cached.")
-    cache = admin.cache
     if not admin.prefetcher.is_queued(image_id) or not _pending_pin(admin, image_id):
-        total = cache.pinned_bytes() + reserved + meta.size
-        if total > cache.max_size:
-            return error_response(
-                409,
-                f"pinning image {image_id} ({meta.size} bytes) would pin {total} bytes, "
-                f"more than [cache] max_size ({cache.max_size} bytes)",
-            )
+        try:
+            admin.cache.check_pin_room(image_id, meta.size, promised=promised)
+        except NoSpace as exc:
+            return answer_for(exc)
     await admin.prefetcher.enqueue(image_id, size=meta.size, pin=True)
     return _json({"image_id": image_id, "pinned": False, "queued": True}, status=202)
 
@@ -384,7 +357,7 @@ async def legacy_delete_cached(
 async def legacy_delete_all_cached(
     request: web.Request, admin: CacheAdmin, _: str
 ) -> web.Response:
-    return _json({"num_deleted": await _evict_all(admin)})
+    return _json({"num_deleted": await admin.cache.evict_all()})
 
 
 async def legacy_list_queued(request: web.Request, admin: CacheAdmin, _: str) -> web.Response:
@@ -408,36 +381,3 @@ async def legacy_delete_all_queued(
     request: web.Request, admin: CacheAdmin, _: str
 ) -> web.Response:
     return _json({"num_deleted": await admin.prefetcher.clear()})
-
-
-def build_cache_admin(
-    settings: Settings,
-    cache: ImageCache,
-    upstream: MetadataSource,
-    lookup: Callable[[str, Mapping[str, str]], Awaitable[ImageMeta]],
-) -> CacheAdmin:
-    """The prefetch queue (under the cache directory), its workers and the scrubber."""
-    if settings.auth_strategy == "keystone" and settings.prefetch.upstream_auth is None:
-        LOG.warning(
-            "auth_strategy = keystone without [upstream_auth] credentials: prefetches "
-            "send no token, and Glance will refuse them"
-        )
-    prefetcher = Prefetcher(
-        cache,
-        upstream,
-        PrefetchQueue(Path(settings.cache.directory) / "prefetch"),
-        workers=settings.prefetch.workers,
-        max_rate=settings.prefetch.max_rate,
-        credentials=credentials_for(settings.prefetch.upstream_auth),
-    )
-    scrubber = Scrubber(
-        cache, rate=settings.cache.scrub_rate, interval=settings.cache.scrub_interval
-    )
-    return CacheAdmin(
-        cache=cache,
-        prefetcher=prefetcher,
-        scrubber=scrubber,
-        lookup=lookup,
-        auth_strategy=settings.auth_strategy,
-        admin_roles=settings.cache_api.admin_roles,
-    )

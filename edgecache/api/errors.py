@@ -1,18 +1,36 @@
-"""Error responses clients can parse, and the request id every response carries.
+"""Error responses clients can parse, the one map from edgecache's errors to them, and the
+request id every response carries.
 
 glanceclient reads a JSON error body as an object whose values each have a
 ``message`` (glanceclient/exc.py ``from_response``); Glance names the request
 ``req-<id>`` and adopts the caller's ``X-OpenStack-Request-ID``.
+
+:func:`answer_for` is the only place an :mod:`edgecache.errors` exception becomes
+an HTTP answer: Glance's own refusals are relayed as Glance sent them, and every
+failure to get an image's bytes is a 503 before any body, which Nova retries
+(``nova/image/glance.py`` retries ``ServiceUnavailable`` up to
+``[glance] num_retries``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import uuid
 from http import HTTPStatus
 
 from aiohttp import web
+
+from edgecache.errors import (
+    EdgecacheError,
+    FillAborted,
+    FillCoolingDown,
+    NoSpace,
+    NotFound,
+    UpstreamError,
+    UpstreamRefused,
+)
 
 REQUEST_ID_HEADER = "x-openstack-request-id"
 #: Glance's max_request_id_length.
@@ -54,3 +72,34 @@ def bad_request_id(header: str | None) -> str | None:
     if not _PRINTABLE.match(header):
         return "x-openstack-request-id has characters outside printable ASCII"
     return None
+
+
+def unavailable(message: str = "The image service is unavailable; try again later.",
+                retry_after: float = 1.0) -> web.Response:
+    """503 before any body, with when to come back."""
+    return error_response(503, message, **{"Retry-After": str(max(1, math.ceil(retry_after)))})
+
+
+def relay(refusal: UpstreamRefused) -> web.Response:
+    """Glance's own refusal (401/403/404/204...), as Glance sent it."""
+    headers = dict(refusal.headers)
+    if refusal.status == 204:
+        return web.Response(status=204, headers=headers)
+    if "Content-Type" not in headers:
+        headers["Content-Type"] = "text/plain"
+    return web.Response(status=refusal.status, body=refusal.body, headers=headers)
+
+
+def answer_for(exc: EdgecacheError) -> web.Response:
+    """The HTTP answer to an edgecache error raised while serving a request."""
+    if isinstance(exc, UpstreamRefused):
+        return relay(exc)
+    if isinstance(exc, FillCoolingDown):
+        return unavailable(str(exc), retry_after=exc.retry_after)
+    if isinstance(exc, (UpstreamError, FillAborted)):
+        return unavailable()
+    if isinstance(exc, NoSpace):
+        return error_response(409, str(exc))
+    if isinstance(exc, NotFound):
+        return error_response(404, str(exc))
+    return error_response(500, "edgecache could not answer this request.")

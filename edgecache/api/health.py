@@ -16,7 +16,6 @@ admin token there would make "is edgecache up?" depend on Keystone answering.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import json
 import time
@@ -46,7 +45,7 @@ class Health:
         """Why no new file can be created in the cache, or None (probed at most every 1 s)."""
         now = time.monotonic()
         if now - self._probed_at >= PROBE_TTL:
-            self._problem = await asyncio.to_thread(service.cache.store.probe_write)
+            self._problem = await service.cache.probe_write()
             self._probed_at = time.monotonic()
         return self._problem
 
@@ -100,7 +99,7 @@ async def _checks(health: Health, service: ImageService) -> list[Check]:
     else:
         lifecycle = Check("Lifecycle", True, "OK", "serving")
     problem = await health.cache_problem(service)
-    directory = str(service.cache.store.root)
+    directory = str(service.cache.directory)
     if problem is None:
         storage = Check("CacheDirectory", True, "OK", f"{directory} is writable")
     else:
@@ -109,13 +108,13 @@ async def _checks(health: Health, service: ImageService) -> list[Check]:
 
 
 def _cache_detail(service: ImageService) -> dict[str, object]:
-    cache = service.cache
+    usage = service.cache.usage()
     return {
-        "directory": str(cache.store.root),
-        "images": len(cache.index),
-        "size_bytes": cache.index.total_bytes,
-        "max_size_bytes": cache.max_size,
-        "fills_in_progress": len(cache.fills),
+        "directory": str(service.cache.directory),
+        "images": usage.images,
+        "size_bytes": usage.size,
+        "max_size_bytes": usage.max_size,
+        "fills_in_progress": usage.fills,
     }
 
 

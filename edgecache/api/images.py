@@ -13,6 +13,7 @@ that image to within ``offline_auth_ttl`` (``serve_cached_on_upstream_failure``)
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -29,13 +30,16 @@ from edgecache.api.errors import (
     CACHE_RESULT_KEY,
     REQUEST_ID_HEADER,
     REQUEST_ID_KEY,
+    answer_for,
     error_response,
+    unavailable,
 )
 from edgecache.api.ranges import BadRange, ByteRange, UnsatisfiableRange, requested_range
 from edgecache.api.streaming import ClientGone, abort, send_fd
-from edgecache.core.cache import ImageCache
+from edgecache.core.cache import Copy, Hit, ImageCache
+from edgecache.core.decision import Action, Facts, Glance, Kind, Ranged, decide
 from edgecache.core.fill import Fill
-from edgecache.errors import FillAborted, UpstreamError, UpstreamRefused
+from edgecache.errors import FillAborted, FillCoolingDown, UpstreamError, UpstreamRefused
 from edgecache.metrics import Metrics
 from edgecache.model import UUID_PATTERN, ImageMeta
 from edgecache.upstream.glance import GlanceUpstream, forwarded
@@ -76,17 +80,35 @@ class _FirstByte:
         self._bytes.inc(count)
 
 
-def _count(request: web.Request, metrics: Metrics, result: str) -> None:
-    """Count the request's outcome and keep it for the access line (the last one wins)."""
-    metrics.image_requests.labels(result=result).inc()
-    request[CACHE_RESULT_KEY] = result
+class _Outcome:
+    """How the request counts in ``edgecache_image_requests_total``: once, when it is known.
+
+    A hit, a pass-through or a refusal is known before a byte is sent; a
+    response fed by a fill is known when the fill has verified everything the
+    response carries (before its last byte goes out), or when it fails.
+    """
+
+    def __init__(self, request: web.Request, metrics: Metrics, result: str) -> None:
+        self._request = request
+        self._metrics = metrics
+        self.result = result
+        self._counted = False
+
+    def settle(self, result: str | None = None) -> None:
+        if self._counted:
+            return
+        self._counted = True
+        if result is not None:
+            self.result = result
+        self._metrics.image_requests.labels(result=self.result).inc()
+        self._request[CACHE_RESULT_KEY] = self.result  # for the access line
 
 
 async def _pass_through(
-    request: web.Request, service: ImageService, path_qs: str
+    request: web.Request, service: ImageService, path_qs: str, outcome: _Outcome
 ) -> web.StreamResponse:
     """An image request Glance answers itself: its bytes are upstream bytes served."""
-    _count(request, service.metrics, "miss")
+    outcome.settle("miss")
     response, _ = await proxy.forward(
         request, service.upstream, path_qs,
         metrics=service.metrics, on_sent=_FirstByte(service.metrics, "miss", "upstream"),
@@ -95,129 +117,187 @@ async def _pass_through(
     return response
 
 
+@dataclass
+class _Asked:
+    """What the handler learnt before deciding: Glance's answer and the range."""
+
+    meta: ImageMeta | None = None
+    refusal: UpstreamRefused | None = None
+    byte_range: ByteRange | None = None
+    range_error: BadRange | UnsatisfiableRange | None = None
+
+
 async def image_data(
     request: web.Request, service: ImageService, image_id: str, path_qs: str
 ) -> web.StreamResponse:
-    """Answer an image-data GET or HEAD."""
-    metrics = service.metrics
-    if not _IMAGE_ID.fullmatch(image_id):
-        _count(request, metrics, "error")
-        return error_response(404, f"No image found with ID {image_id[:64]}")
-    call_headers = forwarded(request.headers)
-    call_headers[REQUEST_ID_HEADER] = request[REQUEST_ID_KEY]
-    offline = False
+    """Answer an image-data GET or HEAD: gather the facts, decide, act, count once."""
+    headers = forwarded(request.headers)
+    headers[REQUEST_ID_HEADER] = request[REQUEST_ID_KEY]
+    asked = _Asked()
+    facts = await _gather(request, service, image_id, headers, asked)
+    action = decide(facts)
+    hit: Hit | None = None
+    if action.kind is Kind.SERVE_HIT and asked.meta is not None:
+        hit = service.cache.open_hit(asked.meta)
+        if hit is None:  # the file vanished under us: decide as if nothing were cached
+            action = decide(dataclasses.replace(facts, copy=Copy.ABSENT))
+    outcome = _Outcome(request, service.metrics, action.result)
     try:
-        meta = await service.metadata.get(image_id, call_headers)
+        if hit is not None:
+            return await _send_hit(request, asked, hit.fd, service.metrics, outcome)
+        return await _perform(request, service, action, asked, headers, image_id, path_qs,
+                              outcome)
+    except BaseException:
+        outcome.settle("error")
+        raise
+    finally:
+        outcome.settle()
+
+
+async def _gather(
+    request: web.Request, service: ImageService, image_id: str, headers: dict[str, str],
+    asked: _Asked,
+) -> Facts:
+    """Ask Glance (as the caller), parse the Range, look at the cache: the facts to decide on."""
+    method = request.method
+    if not _IMAGE_ID.fullmatch(image_id):
+        return Facts(method, id_is_uuid=False)
+    glance = Glance.GRANTED
+    try:
+        meta = await service.metadata.get(image_id, headers)
     except UpstreamRefused as refusal:
-        _count(request, metrics, "error")
-        if refusal.status == 404 and service.deletions is not None:
+        asked.refusal = refusal
+        return Facts(method, glance=Glance.REFUSED, refusal_status=refusal.status)
+    except UpstreamError as exc:
+        service.metrics.upstream_errors.labels(reason=exc.reason).inc()
+        LOG.warning("image %s: no upstream answer: %s", image_id, exc)
+        remembered = service.metadata.offline_answer(image_id, headers)
+        if remembered is None:
+            return Facts(method, glance=Glance.UNREACHABLE)
+        meta, glance = remembered, Glance.OFFLINE_GRANT
+    asked.meta = meta
+    ranged = Ranged.NONE
+    if meta.size is not None:
+        try:
+            asked.byte_range = requested_range(
+                request.headers.get("Range"), request.headers.get("Content-Range"), meta.size
+            )
+        except (BadRange, UnsatisfiableRange) as exc:
+            asked.range_error = exc
+            ranged = Ranged.BAD if isinstance(exc, BadRange) else Ranged.UNSATISFIABLE
+        else:
+            ranged = Ranged.NONE if asked.byte_range is None else Ranged.SATISFIABLE
+    cache = service.cache
+    return Facts(
+        method,
+        glance=glance,
+        status=meta.status,
+        size_known=meta.size is not None,
+        ranged=ranged,
+        copy=cache.copy_of(meta),
+        fill=cache.fill_state(meta),
+        cooling_down=cache.cooldown(meta) is not None,
+        fits=cache.can_admit(meta.size),
+    )
+
+
+async def _perform(
+    request: web.Request,
+    service: ImageService,
+    action: Action,
+    asked: _Asked,
+    headers: dict[str, str],
+    image_id: str,
+    path_qs: str,
+    outcome: _Outcome,
+) -> web.StreamResponse:
+    """Carry out ``action`` (every kind but a hit, which needs its opened file)."""
+    meta = asked.meta
+    if action.evict_copy and meta is not None:
+        LOG.info("image %s: the cached copy is stale; evicting it", meta.id)
+        service.cache.evict_soon(meta.id)
+    kind = action.kind
+    if kind is Kind.BAD_ID:
+        return error_response(404, f"No image found with ID {image_id[:64]}")
+    if kind is Kind.RELAY_REFUSAL and asked.refusal is not None:
+        if action.report_not_found and service.deletions is not None:
             identity = caller_identity(request)
             service.deletions.not_found(
                 image_id, caller_is_admin=identity is not None and identity.is_admin
             )
-        return relay(refusal)
-    except UpstreamError as exc:
-        metrics.upstream_errors.labels(reason=exc.reason).inc()
-        LOG.warning("image %s: no upstream answer: %s", image_id, exc)
-        remembered = service.metadata.offline_answer(image_id, call_headers)
-        if remembered is None:
-            _count(request, metrics, "error")
-            return unavailable()
-        meta, offline = remembered, True
-
-    if meta.status != "active":
-        # Not servable from a cache: deactivated (403 unless admin), queued (204)...
-        # Glance gives the answer; a copy we hold of it is stale.
-        if image_id in service.cache.index:
-            service.cache.evict_soon(image_id)
-        return await _pass_through(request, service, path_qs)
-
-    byte_range: ByteRange | None = None
-    if meta.size is not None:
-        try:
-            byte_range = requested_range(
-                request.headers.get("Range"), request.headers.get("Content-Range"), meta.size
-            )
-        except BadRange as exc:
-            _count(request, metrics, "error")
-            return error_response(400, str(exc))
-        except UnsatisfiableRange as exc:
-            _count(request, metrics, "error")
-            return error_response(416, str(exc), **{"Content-Range": f"bytes */{meta.size}"})
-
-    entry = service.cache.committed(meta)
-    if entry is not None:
-        hit = service.cache.open_hit(entry)
-        if hit is not None:
-            _count(request, metrics, "hit")
-            LOG.debug("image %s: hit (%d bytes)", image_id, entry.size)
-            try:
-                return await _send_hit(request, meta, hit.fd, byte_range, metrics)
-            finally:
-                os.close(hit.fd)
-    if offline:
-        # Nothing cached to serve, and nobody upstream to fetch it from.
-        _count(request, metrics, "error")
+        return answer_for(asked.refusal)
+    if kind is Kind.BAD_RANGE and asked.range_error is not None:
+        return error_response(400, str(asked.range_error))
+    if kind is Kind.UNSATISFIABLE_RANGE and asked.range_error is not None and meta is not None:
+        return error_response(416, str(asked.range_error),
+                              **{"Content-Range": f"bytes */{meta.size}"})
+    if kind is Kind.PASS_THROUGH:
+        return await _pass_through(request, service, path_qs, outcome)
+    if meta is None or kind is Kind.UNAVAILABLE:
         return unavailable()
-
-    if byte_range is not None and request.method == "GET":
-        fill = service.cache.fill_in_progress(meta)
-        if fill is not None:
-            # A range of an image being fetched (typically a lower tier resuming a
-            # broken body) is read from that fill, so upstream sees no second GET.
-            _count(request, metrics, "coalesced")
-            return await _send_fill(request, meta, fill, byte_range, "coalesced", metrics)
-    if byte_range is not None or meta.size is None:
-        # Glance never fills its cache from a partial read (LP#1664709); neither do we.
-        return await _pass_through(request, service, path_qs)
-    if request.method == "HEAD":
-        _count(request, metrics, "miss")
+    if kind is Kind.HEAD_MISS:
+        outcome.settle()
         response = image_response(meta, None)
         await response.prepare(request)
         return response
-
-    joined = service.cache.fill_for(meta, call_headers)
+    if kind is Kind.SERVE_RANGE_FROM_FILL:
+        fill = service.cache.fill_in_progress(meta)
+        if fill is None:  # it ended in between
+            return await _pass_through(request, service, path_qs, outcome)
+        # A range of an image being fetched (typically a lower tier resuming a
+        # broken body) is read from that fill, so upstream sees no second GET.
+        return await _send_fill(request, meta, fill, asked.byte_range, service.metrics, outcome)
+    # JOIN_FILL, START_FILL, COOLING_DOWN: the cache has the last word, now.
+    try:
+        joined = service.cache.fill_for(meta, headers)
+    except FillCoolingDown as exc:
+        outcome.settle("error")
+        return answer_for(exc)
     if joined is None:
-        return await _pass_through(request, service, path_qs)
+        return await _pass_through(request, service, path_qs, outcome)
     fill, started_now = joined
-    # A fill that already verified every byte is as good as a committed file.
-    result = "miss" if started_now else "hit" if fill.verified else "coalesced"
-    _count(request, metrics, result)
-    LOG.debug("image %s: %s, %s its fill", image_id, result,
+    outcome.result = "miss" if started_now else "hit" if fill.verified else "coalesced"
+    LOG.debug("image %s: %s, %s its fill", meta.id, outcome.result,
               "started" if started_now else "joined")
-    return await _send_fill(request, meta, fill, None, result, metrics)
+    return await _send_fill(request, meta, fill, None, service.metrics, outcome)
 
 
 async def _send_fill(
     request: web.Request, meta: ImageMeta, fill: Fill, byte_range: ByteRange | None,
-    result: str, metrics: Metrics,
+    metrics: Metrics, outcome: _Outcome,
 ) -> web.StreamResponse:
     """Stream the image (or ``byte_range`` of it) from a fill, as its bytes arrive."""
     try:
         await fill.wait_started()
-    except UpstreamRefused as refusal:
-        _count(request, metrics, "error")
-        return relay(refusal)
-    except (UpstreamError, FillAborted) as exc:
-        _count(request, metrics, "error")
-        LOG.warning("image %s: fill could not start: %s", meta.id, exc)
-        return unavailable()
+    except (UpstreamRefused, UpstreamError, FillAborted) as exc:
+        outcome.settle("error")
+        if not isinstance(exc, UpstreamRefused):
+            LOG.warning("image %s: fill could not start: %s", meta.id, exc)
+        return answer_for(exc)
 
     response = image_response(meta, byte_range)
     await response.prepare(request)
     start, stop = (byte_range.start, byte_range.stop) if byte_range else (0, fill.size)
+
+    async def readable(offset: int) -> int:
+        end = await fill.wait_readable(offset)
+        if end >= stop:
+            outcome.settle()  # everything this response carries is readable: it counts now
+        return end
+
     fd = fill.open_reader()
+    result = outcome.result
     try:
         await send_fd(
             request, fd, start, stop,
-            readable=fill.wait_readable,
+            readable=readable,
             on_sent=_FirstByte(metrics, result, "cache" if result == "hit" else "upstream"),
         )
         if fill.size == 0:
-            await fill.wait_readable(0)
+            await readable(0)
     except FillAborted as exc:
         LOG.error("image %s: aborting the response: %s", meta.id, exc)
-        _count(request, metrics, "error")
+        outcome.settle("error")
         abort(request)
         return response  # aiohttp's write_eof meets a closed transport: no clean end
     except ClientGone:
@@ -229,20 +309,28 @@ async def _send_fill(
 
 
 async def _send_hit(
-    request: web.Request, meta: ImageMeta, fd: int, byte_range: ByteRange | None,
-    metrics: Metrics,
+    request: web.Request, asked: _Asked, fd: int, metrics: Metrics, outcome: _Outcome,
 ) -> web.StreamResponse:
-    size = meta.size or 0
-    response = image_response(meta, byte_range)
-    await response.prepare(request)
-    if request.method != "HEAD":
-        start, stop = (byte_range.start, byte_range.stop) if byte_range else (0, size)
-        try:
-            await send_fd(request, fd, start, stop, on_sent=_FirstByte(metrics, "hit", "cache"))
-        except ClientGone:
-            return response
-    await response.write_eof()
-    return response
+    """Send a committed file (closing ``fd`` when done)."""
+    try:
+        meta, byte_range = asked.meta, asked.byte_range
+        assert meta is not None
+        outcome.settle("hit")
+        LOG.debug("image %s: hit (%d bytes)", meta.id, meta.size or 0)
+        size = meta.size or 0
+        response = image_response(meta, byte_range)
+        await response.prepare(request)
+        if request.method != "HEAD":
+            start, stop = (byte_range.start, byte_range.stop) if byte_range else (0, size)
+            try:
+                await send_fd(request, fd, start, stop,
+                              on_sent=_FirstByte(metrics, "hit", "cache"))
+            except ClientGone:
+                return response
+        await response.write_eof()
+        return response
+    finally:
+        os.close(fd)
 
 
 def image_response(meta: ImageMeta, byte_range: ByteRange | None) -> web.StreamResponse:
@@ -258,19 +346,3 @@ def image_response(meta: ImageMeta, byte_range: ByteRange | None) -> web.StreamR
     else:
         response.content_length = size
     return response
-
-
-def relay(refusal: UpstreamRefused) -> web.Response:
-    """Glance's own refusal (401/403/404/204...), as Glance sent it."""
-    headers = dict(refusal.headers)
-    if refusal.status == 204:
-        return web.Response(status=204, headers=headers)
-    if "Content-Type" not in headers:
-        headers["Content-Type"] = "text/plain"
-    return web.Response(status=refusal.status, body=refusal.body, headers=headers)
-
-
-def unavailable() -> web.Response:
-    """503 before any body: Nova retries it (glance-contract §1.1)."""
-    return error_response(503, "The image service is unavailable; try again later.",
-                          **{"Retry-After": "1"})

@@ -14,7 +14,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, MultiMapping
 
-from edgecache.api.errors import REQUEST_ID_HEADER, REQUEST_ID_KEY, error_response
+from edgecache.api.errors import REQUEST_ID_HEADER, REQUEST_ID_KEY, answer_for
 from edgecache.api.streaming import abort
 from edgecache.errors import UpstreamError
 from edgecache.metrics import Metrics
@@ -70,7 +70,7 @@ async def forward(
         LOG.warning("passthrough %s %s: %s", request.method, path_qs, exc)
         if metrics is not None:
             metrics.upstream_errors.labels(reason=exc.reason).inc()
-        return error_response(503, "The image service is unavailable; try again."), 503
+        return answer_for(exc), 503
     async with upstream_response:
         response = web.StreamResponse(
             status=upstream_response.status, reason=upstream_response.reason

@@ -1,26 +1,45 @@
 """The image cache: hit, join a fill, or start one; admission, eviction, housekeeping.
 
-:class:`ImageCache` owns the index, the fills in progress and the disk store.
+:class:`ImageCache` owns the index, the fills in progress, the space reserved for
+them and the disk store; nothing outside this package reaches into them. Others
+read it through a small read model (:meth:`~ImageCache.usage`,
+:meth:`~ImageCache.entries`, :meth:`~ImageCache.fills`, :meth:`~ImageCache.copy_of`,
+:meth:`~ImageCache.fill_state`) and change it through commands (evict, prune,
+pin, mark verified, discard corrupt, cancel a prefetch).
+
 A fill belongs to the cache, not to the request that started it: it runs as its
-own task, and a caller that disconnects does not cancel it.
+own task, and a caller that disconnects does not cancel it. A fill whose bytes
+are wrong (a hash mismatch, a body shorter or longer than the record, a stall)
+puts its image in a short cool-down: the next callers are told to come back
+rather than each starting another download of the same bad bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import enum
 import logging
 import os
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from edgecache import metrics as m
+from edgecache.clock import SYSTEM, Clock
 from edgecache.core import policy
 from edgecache.core.diskstore import DiskStore
 from edgecache.core.fill import Fill, Throttle
 from edgecache.core.index import Index
-from edgecache.errors import FillAborted, FillStalled, NoSpace, UpstreamError, UpstreamRefused
+from edgecache.errors import (
+    FillAborted,
+    FillCoolingDown,
+    FillStalled,
+    NoSpace,
+    UpstreamError,
+    UpstreamRefused,
+)
 from edgecache.model import Entry, ImageMeta, ImageSource, same_bytes
 
 LOG = logging.getLogger(__name__)
@@ -32,6 +51,64 @@ class Hit:
 
     entry: Entry
     fd: int
+
+
+class Copy(enum.Enum):
+    """What the cache holds of the bytes a record describes."""
+
+    ABSENT = "absent"
+    #: committed, and the record still describes its bytes
+    SAME = "same"
+    #: committed, but the record now describes other bytes: evict, never serve
+    CHANGED = "changed"
+
+
+class FillState(enum.Enum):
+    """The fill running for an image, measured against a record."""
+
+    NONE = "none"
+    #: a fill of exactly these bytes, still receiving them
+    RUNNING = "running"
+    #: a fill of these bytes that has verified all of them (only its commit is left)
+    VERIFIED = "verified"
+    #: a fill of other bytes (the image changed meanwhile): neither joined nor replaced
+    OTHER = "other"
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Byte and image totals, as the cache API and the health check show them."""
+
+    size: int
+    reserved: int
+    max_size: int
+    pinned: int
+    images: int
+    fills: int
+
+
+@dataclass(frozen=True)
+class FillProgress:
+    """One fill in progress, as operators see it."""
+
+    image_id: str
+    bytes_done: int
+    bytes_total: int
+    #: started by a prefetch no live caller has joined (still paced)
+    prefetch: bool
+    verified: bool
+
+
+@dataclass(frozen=True)
+class Cooldown:
+    """Why an image's last fill failed, and until when no new fill starts for it."""
+
+    meta: ImageMeta
+    until: float
+    reason: str
+
+    def retry_after(self, now: float) -> float:
+        return max(0.0, self.until - now)
 
 
 class ImageCache:
@@ -46,23 +123,25 @@ class ImageCache:
         stall_time: float = 86400.0,
         verify: bool = True,
         max_resume_attempts: int = 5,
+        failure_cooldown: float = 30.0,
         metrics: m.Metrics | None = None,
-        clock: Callable[[], float] = time.time,
-        monotonic: Callable[[], float] = time.monotonic,
+        clock: Clock = SYSTEM,
     ) -> None:
-        self.store = store
-        self.source = source
-        self.max_size = max_size
-        self.stall_time = stall_time
-        self.verify = verify
-        self.max_resume_attempts = max_resume_attempts
-        self.metrics = metrics or m.Metrics()
+        self._store = store
+        self._source = source
+        self._max_size = max_size
+        self._stall_time = stall_time
+        self._verify = verify
+        self._max_resume_attempts = max_resume_attempts
+        self._failure_cooldown = failure_cooldown
+        self._metrics = metrics or m.Metrics()
         self._clock = clock
-        self._monotonic = monotonic
-        self.index = Index()
-        self.fills: dict[str, Fill] = {}
+        self._index = Index()
+        self._fills: dict[str, Fill] = {}
         self._fill_tasks: dict[str, asyncio.Task[None]] = {}
-        self.reserved = 0
+        self._reserved = 0
+        #: images whose last fill failed for upstream's reasons, until their cool-down ends
+        self._cooling: dict[str, Cooldown] = {}
         self._dirty: set[str] = set()
         self._housekeeping: asyncio.Task[None] | None = None
         #: background removals of evicted files, by image (a commit of the same id waits)
@@ -75,13 +154,13 @@ class ImageCache:
 
     async def start(self) -> None:
         """Open the store, reconcile the index with the disk, start housekeeping."""
-        entries = await asyncio.to_thread(self.store.open)
-        self.index.load(entries)
+        entries = await asyncio.to_thread(self._store.open)
+        self._index.load(entries)
         LOG.info(
             "cache at %s: %d images, %d bytes (max %d)",
-            self.store.root, len(self.index), self.index.total_bytes, self.max_size,
+            self._store.root, len(self._index), self._index.total_bytes, self._max_size,
         )
-        await self.enforce_limit()
+        await self.prune()
         self._publish()
         self._housekeeping = asyncio.create_task(self._housekeeping_loop())
 
@@ -91,16 +170,96 @@ class ImageCache:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._housekeeping
         for image_id, task in list(self._fill_tasks.items()):
-            fill = self.fills.get(image_id)
+            fill = self._fills.get(image_id)
             if fill is None or not fill.verified:
                 task.cancel()  # a verified fill is only committing: let it finish
         for task in list(self._fill_tasks.values()) + list(self._removals.values()):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self._flush_dirty()
-        await asyncio.to_thread(self.store.close)
+        await asyncio.to_thread(self._store.close)
 
-    # -- lookups ------------------------------------------------------------------------
+    # -- the read model -----------------------------------------------------------------
+
+    @property
+    def directory(self) -> Path:
+        return self._store.root
+
+    @property
+    def max_size(self) -> int:
+        return self._max_size
+
+    def usage(self) -> Usage:
+        return Usage(
+            size=self._index.total_bytes,
+            reserved=self._reserved,
+            max_size=self._max_size,
+            pinned=self._pinned_bytes(),
+            images=len(self._index),
+            fills=len(self._fills),
+        )
+
+    def entries(self) -> list[Entry]:
+        """Copies of the committed entries, least recently used first."""
+        return [_copy(entry) for entry in self._index.lru_order()]
+
+    def entry(self, image_id: str) -> Entry | None:
+        """A copy of the committed entry of ``image_id``, if any."""
+        entry = self._index.get(image_id)
+        return None if entry is None else _copy(entry)
+
+    def is_committed(self, image_id: str) -> bool:
+        return image_id in self._index
+
+    def holds(self, image_id: str) -> bool:
+        """Whether the image is committed or being fetched."""
+        return image_id in self._index or image_id in self._fills
+
+    def copy_of(self, meta: ImageMeta) -> Copy:
+        """What is committed of the bytes ``meta`` describes (no side effects)."""
+        entry = self._index.get(meta.id)
+        if entry is None:
+            return Copy.ABSENT
+        return Copy.SAME if same_bytes(entry, meta) else Copy.CHANGED
+
+    def fill_state(self, meta: ImageMeta) -> FillState:
+        fill = self._fills.get(meta.id)
+        if fill is None or fill.error is not None:
+            return FillState.NONE
+        if not same_bytes(fill.meta, meta):
+            return FillState.OTHER
+        return FillState.VERIFIED if fill.verified else FillState.RUNNING
+
+    def running_fill(self, image_id: str) -> Fill | None:
+        """The image's fill in progress (its reader side: watermark, verified), if any."""
+        return self._fills.get(image_id)
+
+    def fills(self) -> list[FillProgress]:
+        return [_progress(fill) for fill in list(self._fills.values())]
+
+    def fill_progress(self, image_id: str) -> FillProgress | None:
+        fill = self._fills.get(image_id)
+        return None if fill is None else _progress(fill)
+
+    def cooldown(self, meta: ImageMeta) -> Cooldown | None:
+        """The cool-down of a failed fill of exactly these bytes, while it lasts."""
+        cooling = self._cooling.get(meta.id)
+        if cooling is None:
+            return None
+        if self._clock.monotonic() >= cooling.until or not same_bytes(cooling.meta, meta):
+            del self._cooling[meta.id]
+            return None
+        return cooling
+
+    def can_admit(self, size: int | None) -> bool:
+        """Whether a fill of ``size`` bytes could start now (evicting what it must)."""
+        return size is not None and self._victims_for(size) is not None
+
+    async def probe_write(self) -> str | None:
+        """Why no file can be created in the cache directory now, or None."""
+        return await asyncio.to_thread(self._store.probe_write)
+
+    # -- hits ---------------------------------------------------------------------------
 
     def committed(self, meta: ImageMeta) -> Entry | None:
         """The committed entry holding exactly the bytes ``meta`` describes.
@@ -108,32 +267,48 @@ class ImageCache:
         An entry whose image changed upstream (size or hash) is evicted: it must
         be refetched, never served.
         """
-        entry = self.index.get(meta.id)
-        if entry is None:
-            return None
-        if not entry.matches(meta):
+        copy = self.copy_of(meta)
+        if copy is Copy.CHANGED:
             LOG.info("image %s changed upstream; evicting the cached copy", meta.id)
             self.evict_soon(meta.id)
-            return None
-        return entry
+        return self._index.get(meta.id) if copy is Copy.SAME else None
 
-    def open_hit(self, entry: Entry) -> Hit | None:
-        """Open a committed image for reading and count the access; None if it vanished."""
-        try:
-            fd = os.open(self.store.data_path(entry.image_id), os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            self.index.remove(entry.image_id)
+    def open_hit(self, meta: ImageMeta) -> Hit | None:
+        """Open the committed copy of ``meta``'s bytes and count the access; None if gone."""
+        entry = self._index.get(meta.id)
+        if entry is None or not same_bytes(entry, meta):
             return None
-        self.index.touch(entry.image_id, self._clock())
+        fd = self._open_data(entry)
+        if fd is None:
+            return None
+        self._index.touch(entry.image_id, self._clock.time())
         self._dirty.add(entry.image_id)
-        return Hit(entry, fd)
+        return Hit(_copy(entry), fd)
+
+    def open_committed(self, image_id: str) -> Hit | None:
+        """Open a committed image to re-read it (the scrubber); not an access."""
+        entry = self._index.get(image_id)
+        if entry is None:
+            return None
+        fd = self._open_data(entry)
+        return None if fd is None else Hit(_copy(entry), fd)
+
+    def _open_data(self, entry: Entry) -> int | None:
+        try:
+            return os.open(self._store.data_path(entry.image_id), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            LOG.warning("image %s: its committed file is gone; dropping the entry",
+                        entry.image_id)
+            self._index.remove(entry.image_id)
+            self._publish()
+            return None
 
     # -- fairness: demand fills before prefetch fills ------------------------------------
 
     @property
     def demand_fills(self) -> int:
         """Fills running for a live caller (started by one, or a prefetch one joined)."""
-        return sum(1 for fill in self.fills.values() if fill.throttle is None)
+        return sum(1 for fill in self._fills.values() if fill.throttle is None)
 
     def _demand_changed(self) -> None:
         if self.demand_fills:
@@ -152,9 +327,9 @@ class ImageCache:
 
         A live caller joining a prefetch's fill lifts its throttle.
         """
-        fill = self.fills.get(meta.id)
-        if fill is None or fill.error is not None or not same_bytes(fill.meta, meta):
+        if self.fill_state(meta) in (FillState.NONE, FillState.OTHER):
             return None
+        fill = self._fills[meta.id]
         fill.lift_throttle()
         self._demand_changed()
         return fill
@@ -162,91 +337,112 @@ class ImageCache:
     def fill_for(
         self, meta: ImageMeta, headers: Mapping[str, str], *, throttle: Throttle | None = None
     ) -> tuple[Fill, bool] | None:
-        """Join the image's fill in progress, or start one. ``(fill, started_now)``.
+        """Join the fill of exactly these bytes, or start one. ``(fill, started_now)``.
 
         ``throttle`` marks a prefetch: a fill it starts reads at the prefetch rate
         until a live caller (no throttle) joins, which lifts the cap for good.
-        Returns None when the image cannot be cached: its size is unknown, or it
-        does not fit within ``max_size`` even after evicting everything evictable.
+        Returns None when the image cannot be cached: its size is unknown, it
+        does not fit within ``max_size`` even after evicting everything
+        evictable, or a fill of other bytes of the same image is running.
+        Raises FillCoolingDown while a failed fill of these bytes cools down.
         """
-        fill = self.fills.get(meta.id)
-        if fill is not None and fill.error is None:
+        state = self.fill_state(meta)
+        if state is FillState.OTHER:
+            return None
+        if state is not FillState.NONE:
+            fill = self._fills[meta.id]
             if throttle is None:
                 fill.lift_throttle()
                 self._demand_changed()
             return fill, False
+        cooling = self.cooldown(meta)
+        if cooling is not None:
+            raise FillCoolingDown(
+                f"image {meta.id}: its last fill failed ({cooling.reason}); not fetching it "
+                f"again for {cooling.retry_after(self._clock.monotonic()):.0f} s",
+                retry_after=cooling.retry_after(self._clock.monotonic()),
+            )
         size = meta.size
         if size is None:
             return None
-        victims = policy.victims_for(
-            size,
-            lru=self.index.lru_order(),
-            used=self.index.total_bytes,
-            reserved=self.reserved,
-            max_size=self.max_size,
-        )
+        victims = self._victims_for(size)
         if victims is None:
             LOG.warning("image %s (%d bytes) cannot fit in the cache; not caching it",
                         meta.id, size)
             return None
         for victim in victims:
             self._evict_now(victim.image_id)
-        partial, fd = self.store.create_partial(meta.id)
-        fill = Fill(meta, size=size, partial=partial, fd=fd, verify=self.verify,
-                    clock=self._monotonic,
-                    on_received=self.metrics.upstream_fetched_bytes.inc)
+        partial, fd = self._store.create_partial(meta.id)
+        fill = Fill(meta, size=size, partial=partial, fd=fd, verify=self._verify,
+                    clock=self._clock.monotonic,
+                    on_received=self._metrics.upstream_fetched_bytes.inc)
         fill.throttle = throttle
-        self.reserved += size
-        self.fills[meta.id] = fill
+        self._reserved += size
+        self._fills[meta.id] = fill
         task = asyncio.create_task(self._run_fill(fill, dict(headers)), name=f"fill-{meta.id}")
         self._fill_tasks[meta.id] = task
         self._demand_changed()
         self._publish()
         return fill, True
 
+    def _victims_for(self, size: int) -> list[Entry] | None:
+        return policy.victims_for(
+            size,
+            lru=self._index.lru_order(),
+            used=self._index.total_bytes,
+            reserved=self._reserved,
+            max_size=self._max_size,
+        )
+
     async def _run_fill(self, fill: Fill, headers: dict[str, str]) -> None:
-        started = self._monotonic()
-        self.metrics.fills_in_progress.inc()
+        started = self._clock.monotonic()
+        self._metrics.fills_in_progress.inc()
         committed = False
         try:
             await self._download(fill, headers)
-            entry = Entry.from_meta(fill.meta, size=fill.size, now=self._clock())
+            entry = Entry.from_meta(fill.meta, size=fill.size, now=self._clock.time())
             removal = self._removals.get(fill.image_id)
             if removal is not None:
                 await asyncio.shield(removal)  # an older copy's removal must not hit the new one
             try:
-                await asyncio.to_thread(self.store.commit, fill.partial, fill.fd, entry)
+                await asyncio.to_thread(self._store.commit, fill.partial, fill.fd, entry)
             except OSError:
                 LOG.exception("could not commit image %s; it stays uncached", fill.image_id)
             else:
                 committed = True
-                self.reserved -= fill.size
-                self.index.add(entry)
+                self._reserved -= fill.size
+                self._index.add(entry)
+                self._cooling.pop(fill.image_id, None)
                 LOG.info("committed image %s (%d bytes, %.1f s)", fill.image_id, fill.size,
-                         self._monotonic() - started)
+                         self._clock.monotonic() - started)
         except asyncio.CancelledError:
-            fill.fail(FillStalled(f"fill of {fill.image_id} stalled") if fill.stalled
-                      else FillAborted(f"fill of {fill.image_id} cancelled"))
-            if not fill.stalled:
+            if fill.stalled:
+                self._failed(fill, FillStalled(f"fill of {fill.image_id} stalled"))
+            else:
+                fill.fail(FillAborted(f"fill of {fill.image_id} cancelled"))
                 raise
-        except (UpstreamRefused, UpstreamError) as exc:
-            fill.fail(exc)
-            if isinstance(exc, UpstreamError):
-                self.metrics.upstream_errors.labels(reason=exc.reason).inc()
-                LOG.warning("fill of %s failed: %s", fill.image_id, exc)
+        except UpstreamRefused as exc:
+            fill.fail(exc)  # this caller's answer, not the image's: no cool-down
+        except UpstreamError as exc:
+            if exc.reason == "size":  # upstream's body and record disagree: not transient
+                self._failed(fill, exc)
+            else:
+                fill.fail(exc)  # a refused connection or a 5xx may be gone in a second
+            self._metrics.upstream_errors.labels(reason=exc.reason).inc()
+            LOG.warning("fill of %s failed: %s", fill.image_id, exc)
         except FillAborted as exc:
-            fill.fail(exc)
-            self.metrics.integrity_failures.inc()
+            self._failed(fill, exc)
+            self._metrics.integrity_failures.inc()
             LOG.error("fill of %s discarded: %s", fill.image_id, exc)
         except Exception as exc:
             fill.fail(exc)
             LOG.exception("fill of %s failed", fill.image_id)
         finally:
-            self.metrics.fills_in_progress.dec()
+            self._metrics.fills_in_progress.dec()
             if not committed:
-                self.reserved -= fill.size
-            if self.fills.get(fill.image_id) is fill:
-                del self.fills[fill.image_id]
+                self._reserved -= fill.size
+            if self._fills.get(fill.image_id) is fill:
+                del self._fills[fill.image_id]
             self._demand_changed()
             if self._fill_tasks.get(fill.image_id) is asyncio.current_task():
                 del self._fill_tasks[fill.image_id]
@@ -254,6 +450,18 @@ class ImageCache:
             # blocks; that, like unlink, can block for hundreds of ms.
             await asyncio.shield(asyncio.to_thread(self._close_partial, fill, committed))
             self._publish()
+
+    def _failed(self, fill: Fill, exc: BaseException) -> None:
+        """End a fill whose upstream bytes are wrong (hash, size, stall): cool the image down.
+
+        The same bytes would most likely come again, so for ``failure_cooldown``
+        seconds no new fill of them starts (:meth:`cooldown`).
+        """
+        fill.fail(exc)
+        if self._failure_cooldown > 0:
+            self._cooling[fill.image_id] = Cooldown(
+                fill.meta, self._clock.monotonic() + self._failure_cooldown, str(exc)
+            )
 
     async def _download(self, fill: Fill, headers: dict[str, str]) -> None:
         """Pump the image into the fill, resuming a body that breaks off, then verify it.
@@ -265,14 +473,14 @@ class ImageCache:
         resumes = 0
         while True:
             try:
-                body = await self.source.open_image(
+                body = await self._source.open_image(
                     fill.image_id, headers, offset=fill.received, meta=fill.meta
                 )
             except UpstreamError:
-                if not fill.received or resumes >= self.max_resume_attempts:
+                if not fill.received or resumes >= self._max_resume_attempts:
                     raise
                 resumes += 1
-                await asyncio.sleep(min(0.1 * 2 ** resumes, 5.0))
+                await self._clock.sleep(min(0.1 * 2 ** resumes, 5.0))
                 continue
             try:
                 expected = fill.size - body.start
@@ -285,16 +493,16 @@ class ImageCache:
                 fill.mark_started()
                 await fill.pump(body)
             except UpstreamError as exc:
-                if exc.reason != "body" or resumes >= self.max_resume_attempts:
+                if exc.reason != "body" or resumes >= self._max_resume_attempts:
                     raise
-                self.metrics.upstream_errors.labels(reason="body").inc()
+                self._metrics.upstream_errors.labels(reason="body").inc()
                 LOG.warning("image %s: upstream body broke off at %d of %d bytes; resuming",
                             fill.image_id, fill.received, fill.size)
                 resumes += 1
                 continue
             finally:
                 body.close()
-            if fill.received < fill.size and resumes < self.max_resume_attempts:
+            if fill.received < fill.size and resumes < self._max_resume_attempts:
                 LOG.warning("image %s: upstream body ended at %d of %d bytes; resuming",
                             fill.image_id, fill.received, fill.size)
                 resumes += 1
@@ -306,7 +514,49 @@ class ImageCache:
         fill.close()
         os.close(fill.fd)
         if not committed:
-            self.store.discard(fill.partial)
+            self._store.discard(fill.partial)
+
+    async def wait_fill(self, fill: Fill) -> bool:
+        """Wait until ``fill`` has ended; True if its image is committed now.
+
+        Waiting never cancels the fill (it belongs to the cache).
+        """
+        task = self._fill_tasks.get(fill.image_id)
+        if task is not None and self._fills.get(fill.image_id) is fill:
+            await asyncio.wait([task])
+        entry = self._index.get(fill.image_id)
+        return entry is not None and same_bytes(entry, fill.meta)
+
+    async def wait_commit(self, image_id: str) -> None:
+        """If a fill of the image has verified every byte, wait until it is committed."""
+        fill = self._fills.get(image_id)
+        if fill is not None and fill.verified:
+            await self.wait_fill(fill)
+
+    def cancel_prefetch(self, image_id: str) -> bool:
+        """Stop a fill that only a prefetch wants (no live caller joined it)."""
+        fill = self._fills.get(image_id)
+        task = self._fill_tasks.get(image_id)
+        if fill is None or fill.throttle is None or task is None or task.done():
+            return False
+        task.cancel()
+        return True
+
+    def abandon_stalled(self) -> list[str]:
+        """Cancel fills that made no progress for ``stall_time``; their partials go."""
+        now = self._clock.monotonic()
+        stalled = []
+        for image_id, fill in list(self._fills.items()):
+            if policy.is_stalled(last_progress=fill.last_progress, now=now,
+                                 stall_time=self._stall_time):
+                task = self._fill_tasks.get(image_id)
+                if task is not None and not task.done():
+                    LOG.warning("fill of %s made no progress for %.0f s; abandoning it",
+                                image_id, self._stall_time)
+                    fill.stalled = True
+                    task.cancel()
+                    stalled.append(image_id)
+        return stalled
 
     # -- eviction -----------------------------------------------------------------------
 
@@ -316,7 +566,7 @@ class ImageCache:
 
     async def evict(self, image_id: str) -> bool:
         """Drop an entry and wait until its file is gone. False if it was not cached."""
-        if image_id not in self.index:
+        if image_id not in self._index:
             return False
         self._evict_now(image_id)
         removal = self._removals.get(image_id)
@@ -324,11 +574,18 @@ class ImageCache:
             await asyncio.shield(removal)
         return True
 
+    async def evict_all(self) -> int:
+        """Every committed image goes, pinned ones too: an operator asked for it by name."""
+        victims = [entry.image_id for entry in self._index.lru_order()]
+        for image_id in victims:
+            await self.evict(image_id)
+        return len(victims)
+
     def _evict_now(self, image_id: str) -> None:
-        if self.index.remove(image_id) is None:
+        if self._index.remove(image_id) is None:
             return
         self._dirty.discard(image_id)
-        self.metrics.evictions.inc()
+        self._metrics.evictions.inc()
         self._publish()
         previous = self._removals.get(image_id)
         task = asyncio.create_task(self._remove_files(image_id, previous))
@@ -339,7 +596,7 @@ class ImageCache:
         if previous is not None:
             await asyncio.shield(previous)
         try:
-            await asyncio.to_thread(self.store.remove, image_id)
+            await asyncio.to_thread(self._store.remove, image_id)
         except OSError:
             LOG.exception("could not remove the files of image %s", image_id)
 
@@ -347,15 +604,20 @@ class ImageCache:
         if self._removals.get(image_id) is task:
             del self._removals[image_id]
 
-    async def enforce_limit(self) -> None:
-        """Evict least recently used images until the cache is within ``max_size``."""
-        for victim in policy.over_limit(
-            lru=self.index.lru_order(),
-            used=self.index.total_bytes,
-            reserved=self.reserved,
-            max_size=self.max_size,
-        ):
+    async def prune(self) -> list[Entry]:
+        """Evict least recently used images until the cache is within ``max_size``.
+
+        Returns the evicted entries (usually none: the bound is kept on admission).
+        """
+        victims = policy.over_limit(
+            lru=self._index.lru_order(),
+            used=self._index.total_bytes,
+            reserved=self._reserved,
+            max_size=self._max_size,
+        )
+        for victim in victims:
             await self.evict(victim.image_id)
+        return victims
 
     async def resize(self, max_size: int) -> None:
         """Apply a new ``max_size`` (a reload): eviction down to it follows at once.
@@ -363,93 +625,119 @@ class ImageCache:
         Fills in progress keep their reservation; if they alone exceed the new
         bound, every committed image goes and the fills still finish.
         """
-        self.max_size = max_size
+        self._max_size = max_size
         self._publish()
-        await self.enforce_limit()
+        await self.prune()
+
+    # -- pins and verification ------------------------------------------------------------
+
+    def _pinned_bytes(self) -> int:
+        return sum(entry.size for entry in self._index.lru_order() if entry.pinned)
+
+    def check_pin_room(self, image_id: str, size: int, *, promised: int = 0) -> None:
+        """Raise NoSpace unless pinning ``size`` more bytes keeps every pin within max_size.
+
+        ``promised`` counts bytes already promised to pins of images still queued.
+        The cache could otherwise never make room for anything else, or not even
+        for the pins themselves.
+        """
+        total = policy.pinned_total(self._pinned_bytes(), promised, size)
+        if total > self._max_size:
+            raise NoSpace(
+                f"pinning image {image_id} ({size} bytes) would pin {total} bytes, "
+                f"more than [cache] max_size ({self._max_size} bytes)"
+            )
+
+    async def pin(self, image_id: str, *, pinned: bool = True, promised: int = 0) -> Entry | None:
+        """Pin (never evict) or unpin a committed image; None if it is not cached.
+
+        Raises NoSpace when the pins would not fit (:meth:`check_pin_room`).
+        """
+        entry = self._index.get(image_id)
+        if entry is None:
+            return None
+        if pinned and not entry.pinned:
+            self.check_pin_room(image_id, entry.size, promised=promised)
+        if entry.pinned != pinned:
+            entry.pinned = pinned
+            await asyncio.to_thread(self._store.save_entries, [entry])
+        return _copy(entry)
+
+    async def mark_verified(self, checked: Entry, at: float) -> bool:
+        """Record that the committed bytes of ``checked`` hashed right at ``at``.
+
+        False (nothing recorded) when the entry was evicted or replaced meanwhile.
+        """
+        entry = self._current(checked)
+        if entry is None:
+            return False
+        entry.extra[VERIFIED_AT] = at
+        await asyncio.to_thread(self._store.save_entries, [entry])
+        return True
+
+    async def discard_corrupt(self, checked: Entry, detail: str) -> bool:
+        """Evict a committed image whose bytes no longer hash right, and count it.
+
+        False when the entry was evicted or replaced meanwhile (then nothing is done).
+        """
+        if self._current(checked) is None:
+            return False
+        LOG.error("cached image %s is corrupt (%s); evicting it", checked.image_id, detail)
+        self._metrics.integrity_failures.inc()
+        await self.evict(checked.image_id)
+        return True
+
+    def _current(self, entry: Entry) -> Entry | None:
+        """The live entry ``entry`` is a copy of, if it is still the committed one."""
+        live = self._index.get(entry.image_id)
+        if live is None or live.committed_at != entry.committed_at:
+            return None
+        return live if same_bytes(live, entry) else None
 
     # -- housekeeping -------------------------------------------------------------------
 
     async def _housekeeping_loop(self) -> None:
-        interval = min(max(self.stall_time / 4, 0.25), 30.0)
+        interval = min(max(self._stall_time / 4, 0.25), 30.0)
         while True:
-            await asyncio.sleep(interval)
+            await self._clock.sleep(interval)
             try:
                 self.abandon_stalled()
                 await self._flush_dirty()
             except Exception:
                 LOG.exception("housekeeping pass failed")
 
-    def abandon_stalled(self) -> list[str]:
-        """Cancel fills that made no progress for ``stall_time``; their partials go."""
-        now = self._monotonic()
-        stalled = []
-        for image_id, fill in list(self.fills.items()):
-            if policy.is_stalled(last_progress=fill.last_progress, now=now,
-                                 stall_time=self.stall_time):
-                task = self._fill_tasks.get(image_id)
-                if task is not None and not task.done():
-                    LOG.warning("fill of %s made no progress for %.0f s; abandoning it",
-                                image_id, self.stall_time)
-                    fill.stalled = True
-                    task.cancel()
-                    stalled.append(image_id)
-        return stalled
-
     async def _flush_dirty(self) -> None:
         if not self._dirty:
             return
-        entries = [e for i in self._dirty if (e := self.index.get(i)) is not None]
+        entries = [e for i in self._dirty if (e := self._index.get(i)) is not None]
         self._dirty.clear()
-        await asyncio.to_thread(self.store.save_entries, entries)
-
-    # -- operator hooks (prefetch, pinning, the cache API) ---------------------------
-
-    async def wait_fill(self, fill: Fill) -> bool:
-        """Wait until ``fill`` has ended; True if its image is committed now.
-
-        Waiting never cancels the fill (it belongs to the cache).
-        """
-        task = self._fill_tasks.get(fill.image_id)
-        if task is not None and self.fills.get(fill.image_id) is fill:
-            await asyncio.wait([task])
-        entry = self.index.get(fill.image_id)
-        return entry is not None and entry.matches(fill.meta)
-
-    def cancel_prefetch(self, image_id: str) -> bool:
-        """Stop a fill that only a prefetch wants (no live caller joined it)."""
-        fill = self.fills.get(image_id)
-        task = self._fill_tasks.get(image_id)
-        if fill is None or fill.throttle is None or task is None or task.done():
-            return False
-        task.cancel()
-        return True
-
-    def pinned_bytes(self) -> int:
-        return sum(entry.size for entry in self.index.lru_order() if entry.pinned)
-
-    async def pin(self, image_id: str, *, pinned: bool = True, reserved: int = 0) -> Entry | None:
-        """Pin (never evict) or unpin a committed image; None if it is not cached.
-
-        Raises NoSpace when the pinned images (plus ``reserved`` bytes promised
-        to pins still queued) would exceed ``max_size``: the cache could then
-        never make room for anything else, or not even for the pins.
-        """
-        entry = self.index.get(image_id)
-        if entry is None:
-            return None
-        if pinned and not entry.pinned:
-            total = self.pinned_bytes() + reserved + entry.size
-            if total > self.max_size:
-                raise NoSpace(
-                    f"pinning image {image_id} ({entry.size} bytes) would pin {total} bytes, "
-                    f"more than [cache] max_size ({self.max_size} bytes)"
-                )
-        if entry.pinned != pinned:
-            entry.pinned = pinned
-            await asyncio.to_thread(self.store.save_entries, [entry])
-        return entry
+        await asyncio.to_thread(self._store.save_entries, entries)
 
     def _publish(self) -> None:
-        self.metrics.cache_size.set(self.index.total_bytes)
-        self.metrics.cache_images.set(len(self.index))
-        self.metrics.cache_max_size.set(self.max_size)
+        self._metrics.cache_size.set(self._index.total_bytes)
+        self._metrics.cache_images.set(len(self._index))
+        self._metrics.cache_max_size.set(self._max_size)
+
+
+#: where the scrubber's last good re-hash is kept in an entry's ``extra``
+VERIFIED_AT = "verified_at"
+
+
+def verified_at(entry: Entry) -> float:
+    """When the entry's bytes were last known good: its last scrub, else its commit."""
+    value = entry.extra.get(VERIFIED_AT)
+    return float(value) if isinstance(value, (int, float)) else entry.committed_at
+
+
+def _copy(entry: Entry) -> Entry:
+    return dataclasses.replace(entry, extra=dict(entry.extra))
+
+
+def _progress(fill: Fill) -> FillProgress:
+    return FillProgress(
+        image_id=fill.image_id,
+        bytes_done=fill.written,
+        bytes_total=fill.size,
+        prefetch=fill.throttle is not None,
+        verified=fill.verified,
+    )

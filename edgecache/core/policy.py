@@ -1,4 +1,4 @@
-"""Pure cache decisions: what to evict, whether a fill has stalled.
+"""Pure cache decisions: what to evict, how much is pinned, whether a fill has stalled.
 
 No I/O and no clock: callers pass sizes and ``now``, so every rule is a unit test.
 """
@@ -51,6 +51,12 @@ def over_limit(*, lru: Iterable[Entry], used: int, reserved: int, max_size: int)
         chosen.append(entry)
         excess -= entry.size
     return chosen
+
+
+def pinned_total(pinned: int, promised: int, incoming: int) -> int:
+    """Bytes pinned once ``incoming`` more are: the pins so far and those promised to queued
+    images. Every pin must fit in ``max_size``, or the cache could never make room."""
+    return pinned + promised + incoming
 
 
 def is_stalled(*, last_progress: float, now: float, stall_time: float) -> bool:

@@ -18,7 +18,8 @@ import logging
 import resource
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
 
 import prometheus_client
 from aiohttp import web
@@ -28,17 +29,20 @@ from edgecache.access.grants import MetadataCache
 from edgecache.access.purge import DeletionCheck
 from edgecache.api import authn
 from edgecache.api.accesslog import AccessLogger
-from edgecache.api.cache_api import CACHE_ADMIN_KEY, build_cache_admin
+from edgecache.api.cache_api import CACHE_ADMIN_KEY, CacheAdmin
 from edgecache.api.health import HEALTH_KEY, Health
 from edgecache.api.images import ImageService
 from edgecache.api.routes import SERVICE_KEY, setup_routes
+from edgecache.clock import SYSTEM, Clock
 from edgecache.core.cache import ImageCache
 from edgecache.core.diskstore import DiskStore
 from edgecache.daemon import logs, sdnotify
 from edgecache.daemon.config import Settings, live_settings
 from edgecache.errors import ConfigError
 from edgecache.metrics import Metrics
-from edgecache.model import ImageSource
+from edgecache.model import ImageMeta, ImageSource
+from edgecache.ops.prefetch import MetadataSource, Prefetcher, PrefetchQueue
+from edgecache.ops.scrub import Scrubber
 from edgecache.upstream.glance import GlanceUpstream
 from edgecache.upstream.service_auth import credentials_for
 from edgecache.upstream.stores import DirectStoreSource, default_stores
@@ -47,13 +51,20 @@ LOG = logging.getLogger(__name__)
 
 SETTINGS_KEY = web.AppKey("edgecache.settings", Settings)
 METRICS_KEY = web.AppKey("edgecache.metrics", Metrics)
+CLOCK_KEY = web.AppKey("edgecache.clock", Clock)
 
 
-def make_app(settings: Settings, *, metrics: Metrics | None = None) -> web.Application:
-    """A ready-to-run application; resources are opened when it starts."""
+def make_app(
+    settings: Settings, *, metrics: Metrics | None = None, clock: Clock = SYSTEM
+) -> web.Application:
+    """A ready-to-run application; resources are opened when it starts.
+
+    ``clock`` is the time every rule of the daemon reads (tests pass a fake one).
+    """
     app = web.Application(handler_args={"max_field_size": 16384, "max_line_size": 16384})
     app[SETTINGS_KEY] = settings
     app[METRICS_KEY] = metrics or Metrics()
+    app[CLOCK_KEY] = clock
     app[HEALTH_KEY] = Health()
     app.cleanup_ctx.append(_service)
     setup_routes(app)
@@ -87,7 +98,9 @@ async def _service(app: web.Application) -> AsyncIterator[None]:
             stall_time=settings.cache.stall_time,
             verify=settings.cache.verify,
             max_resume_attempts=upstream_settings.max_resume_attempts,
+            failure_cooldown=settings.cache.failure_cooldown,
             metrics=metrics,
+            clock=app[CLOCK_KEY],
         )
         await cache.start()
         metadata = MetadataCache(
@@ -109,7 +122,9 @@ async def _service(app: web.Application) -> AsyncIterator[None]:
             metrics=metrics,
             deletions=deletions,
         )
-        cache_admin = build_cache_admin(settings, cache, upstream, app[SERVICE_KEY].metadata.get)
+        cache_admin = build_cache_admin(
+            settings, cache, upstream, app[SERVICE_KEY].metadata.get, metrics
+        )
         await cache_admin.start()  # prefetch workers and the scrubber
         app[CACHE_ADMIN_KEY] = cache_admin
         lag_monitor = asyncio.create_task(_watch_loop_lag(metrics))
@@ -120,6 +135,41 @@ async def _service(app: web.Application) -> AsyncIterator[None]:
             await deletions.close()
             await cache_admin.stop()
             await cache.stop()
+
+
+def build_cache_admin(
+    settings: Settings,
+    cache: ImageCache,
+    upstream: MetadataSource,
+    lookup: Callable[[str, Mapping[str, str]], Awaitable[ImageMeta]],
+    metrics: Metrics,
+) -> CacheAdmin:
+    """The prefetch queue (under the cache directory), its workers and the scrubber."""
+    if settings.auth_strategy == "keystone" and settings.prefetch.upstream_auth is None:
+        LOG.warning(
+            "auth_strategy = keystone without [upstream_auth] credentials: prefetches "
+            "send no token, and Glance will refuse them"
+        )
+    prefetcher = Prefetcher(
+        cache,
+        upstream,
+        PrefetchQueue(Path(settings.cache.directory) / "prefetch"),
+        workers=settings.prefetch.workers,
+        max_rate=settings.prefetch.max_rate,
+        credentials=credentials_for(settings.prefetch.upstream_auth),
+        metrics=metrics,
+    )
+    scrubber = Scrubber(
+        cache, rate=settings.cache.scrub_rate, interval=settings.cache.scrub_interval
+    )
+    return CacheAdmin(
+        cache=cache,
+        prefetcher=prefetcher,
+        scrubber=scrubber,
+        lookup=lookup,
+        auth_strategy=settings.auth_strategy,
+        admin_roles=settings.cache_api.admin_roles,
+    )
 
 
 async def _watch_loop_lag(metrics: Metrics, interval: float = 0.01) -> None:
@@ -179,7 +229,7 @@ async def _serve(settings: Settings, conf: cfg.ConfigOpts | None = None) -> None
         app[HEALTH_KEY].draining = True
         LOG.info(
             "stopping: closing the listening socket; %d fills in progress; running requests "
-            "get up to %g s", len(app[SERVICE_KEY].cache.fills), settings.shutdown_timeout,
+            "get up to %g s", app[SERVICE_KEY].cache.usage().fills, settings.shutdown_timeout,
         )
     finally:
         started = time.monotonic()

@@ -137,6 +137,17 @@ cache_opts = [
         help="Seconds without progress after which an incomplete fill is abandoned "
         "and its partial file removed.",
     ),
+    cfg.FloatOpt(
+        "failure_cooldown",
+        default=30.0,
+        min=0,
+        help="Seconds after a fill fails for upstream's reasons (the bytes do not match "
+        "Glance's hash, the body keeps breaking off, the fill stalls) during which no "
+        "new fill of the same image starts: callers get 503 with Retry-After instead, "
+        "so a corrupt image is not downloaded again by every request. A refusal of "
+        "one caller (401/403) never starts a cool-down. 0 turns it off. Related "
+        "options: stall_time, [upstream] max_resume_attempts.",
+    ),
     cfg.BoolOpt(
         "verify",
         default=True,
@@ -310,6 +321,7 @@ class CacheSettings:
     directory: str
     max_size: int
     stall_time: float = 86400.0
+    failure_cooldown: float = 30.0
     verify: bool = True
     scrub_rate: int = 50 << 20
     scrub_interval: float = 86400.0
@@ -446,6 +458,7 @@ def _settings_from(conf: cfg.ConfigOpts) -> Settings:
             directory=conf.cache.directory,
             max_size=conf.cache.max_size,
             stall_time=float(conf.cache.stall_time),
+            failure_cooldown=float(conf.cache.failure_cooldown),
             verify=conf.cache.verify,
         ),
         upstream=UpstreamSettings(

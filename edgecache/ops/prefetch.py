@@ -32,7 +32,13 @@ import diskcache
 
 from edgecache.core.cache import ImageCache
 from edgecache.core.fill import Fill
-from edgecache.errors import EdgecacheError, NoSpace, UpstreamError, UpstreamRefused
+from edgecache.errors import (
+    EdgecacheError,
+    FillCoolingDown,
+    NoSpace,
+    UpstreamError,
+    UpstreamRefused,
+)
 from edgecache.metrics import Metrics
 from edgecache.model import ImageMeta
 from edgecache.ops.ratelimit import TokenBucket
@@ -198,7 +204,7 @@ class Prefetcher:
         self.workers = max(1, workers)
         self.bucket = TokenBucket(max_rate)
         self.credentials = credentials or NoCredentials()
-        self.metrics = metrics or cache.metrics
+        self.metrics = metrics or Metrics()
         self._clock = clock
         self._items: dict[str, QueuedImage] = {}
         self._states: dict[str, _State] = {}
@@ -304,7 +310,7 @@ class Prefetcher:
         return sum(
             item.size or 0
             for item in self._items.values()
-            if item.pin and item.image_id not in self.cache.index
+            if item.pin and not self.cache.is_committed(item.image_id)
         )
 
     def progress(self) -> list[dict[str, Any]]:
@@ -312,12 +318,12 @@ class Prefetcher:
         rows = []
         for image_id, item in self._items.items():
             state = self._states.get(image_id) or _State()
-            fill = state.fill or self.cache.fills.get(image_id)
+            fill = self.cache.fill_progress(image_id)
             rows.append({
                 "image_id": image_id,
                 "state": state.state,
-                "bytes_done": fill.written if fill is not None else 0,
-                "bytes_total": fill.size if fill is not None else item.size,
+                "bytes_done": fill.bytes_done if fill is not None else 0,
+                "bytes_total": fill.bytes_total if fill is not None else item.size,
                 "pin": item.pin,
                 "attempts": state.attempts,
                 "error": state.error,
@@ -390,7 +396,13 @@ class Prefetcher:
             return
         if self._items.get(image_id) is not item:
             return  # unqueued while Glance was asked: start nothing
-        joined = self.cache.fill_for(meta, headers, throttle=_PacedFill(self.bucket, self.cache))
+        try:
+            joined = self.cache.fill_for(
+                meta, headers, throttle=_PacedFill(self.bucket, self.cache)
+            )
+        except FillCoolingDown as exc:
+            await self._retry(item, str(exc))
+            return
         if joined is None:
             why = "its size is unknown" if meta.size is None else (
                 f"it ({meta.size} bytes) does not fit in the cache"
@@ -441,7 +453,7 @@ class Prefetcher:
         LOG.info("prefetch of %s: %s", item.image_id, result)
         if item.pin:
             try:
-                await self.cache.pin(item.image_id, reserved=self.pending_pin_bytes())
+                await self.cache.pin(item.image_id, promised=self.pending_pin_bytes())
             except NoSpace as exc:
                 LOG.warning("prefetched image %s is not pinned: %s", item.image_id, exc)
             except EdgecacheError:

@@ -20,8 +20,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from edgecache.core.cache import ImageCache
-from edgecache.model import Entry
+from edgecache.core.cache import ImageCache, verified_at
+from edgecache.model import Entry, strongest_hash
 from edgecache.ops.ratelimit import TokenBucket
 
 LOG = logging.getLogger(__name__)
@@ -30,7 +30,6 @@ LOG = logging.getLogger(__name__)
 CHUNK = 1 << 20
 #: Longest sleep of an idle scrubber, so new entries are looked at reasonably soon.
 IDLE = 60.0
-VERIFIED_AT = "verified_at"
 
 
 @dataclass(frozen=True)
@@ -40,22 +39,6 @@ class Verdict:
     result: str
     size: int
     detail: str = ""
-
-
-def expected_hash(entry: Entry) -> tuple[str, str] | None:
-    """The strongest hash recorded for the entry, as fills choose it."""
-    if entry.os_hash_value and entry.os_hash_algo:
-        algo = entry.os_hash_algo.lower()
-        if algo in hashlib.algorithms_available:
-            return algo, entry.os_hash_value.lower()
-    if entry.checksum:
-        return "md5", entry.checksum.lower()
-    return None
-
-
-def verified_at(entry: Entry) -> float:
-    value = entry.extra.get(VERIFIED_AT)
-    return float(value) if isinstance(value, (int, float)) else entry.committed_at
 
 
 def _hash_range(fd: int, hasher: hashlib._Hash | None, offset: int, length: int) -> int:
@@ -104,7 +87,7 @@ class Scrubber:
     def next_due(self) -> tuple[Entry | None, float]:
         """The entry scrubbed longest ago if it is due, else None and the wait until one is."""
         oldest: Entry | None = None
-        for entry in self.cache.index.lru_order():
+        for entry in self.cache.entries():
             if oldest is None or verified_at(entry) < verified_at(oldest):
                 oldest = entry
         if oldest is None:
@@ -129,23 +112,23 @@ class Scrubber:
 
     async def verify(self, image_id: str) -> Verdict | None:
         """Re-hash one committed image now, unpaced; None if it is not cached."""
-        entry = self.cache.index.get(image_id)
+        entry = self.cache.entry(image_id)
         if entry is None:
             return None
         return await self.check(entry)
 
     async def verify_all(self) -> list[Verdict]:
-        return [await self.check(entry) for entry in self.cache.index.lru_order()]
+        return [await self.check(entry) for entry in self.cache.entries()]
 
     async def check(self, entry: Entry, bucket: TokenBucket | None = None) -> Verdict:
         """Hash the committed file of ``entry``; evict it if it no longer matches."""
         image_id = entry.image_id
-        try:
-            fd = os.open(self.cache.store.data_path(image_id), os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
+        opened = self.cache.open_committed(image_id)
+        if opened is None:
             return await self._corrupt(entry, "the file is missing")
+        fd = opened.fd
         try:
-            expected = expected_hash(entry)
+            expected = strongest_hash(entry)
             hasher = hashlib.new(expected[0]) if expected else None
             on_disk = os.fstat(fd).st_size
             read = 0
@@ -161,20 +144,17 @@ class Scrubber:
                     await bucket.take(got)
         finally:
             os.close(fd)
-        if self.cache.index.get(image_id) is not entry:
+        if opened.entry.committed_at != entry.committed_at:
             return Verdict(image_id, "gone", entry.size)
         if on_disk != entry.size or read != entry.size:
             return await self._corrupt(entry, f"{on_disk} bytes on disk, {entry.size} recorded")
         if hasher is not None and expected is not None and hasher.hexdigest() != expected[1]:
             return await self._corrupt(entry, f"{expected[0]} differs from Glance's")
-        entry.extra[VERIFIED_AT] = self._clock()
-        await asyncio.to_thread(self.cache.store.save_entries, [entry])
+        if not await self.cache.mark_verified(entry, self._clock()):
+            return Verdict(image_id, "gone", entry.size)
         return Verdict(image_id, "ok", entry.size)
 
     async def _corrupt(self, entry: Entry, detail: str) -> Verdict:
-        if self.cache.index.get(entry.image_id) is not entry:
+        if not await self.cache.discard_corrupt(entry, detail):
             return Verdict(entry.image_id, "gone", entry.size)
-        LOG.error("cached image %s is corrupt (%s); evicting it", entry.image_id, detail)
-        self.cache.metrics.integrity_failures.inc()
-        await self.cache.evict(entry.image_id)
         return Verdict(entry.image_id, "corrupt", entry.size, detail)

@@ -26,10 +26,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from pytest_aiohttp import AiohttpClient
 
 from edgecache.api.routes import SERVICE_KEY
+from edgecache.clock import SYSTEM
 from edgecache.core.cache import ImageCache
 from edgecache.daemon.app import METRICS_KEY, make_app
 from edgecache.daemon.config import CacheSettings, Settings, UpstreamSettings
 from edgecache.metrics import Metrics
+from tests.support.clock import FakeClock
 
 MiB = 1 << 20
 
@@ -97,6 +99,8 @@ class Edge:
     client: TestClient[web.Request, web.Application]
     app: web.Application
     root: Path
+    #: the app's clock when the test drives time itself
+    clock: FakeClock | None = None
 
     # -- HTTP ----------------------------------------------------------------------
 
@@ -163,7 +167,7 @@ class Edge:
         return sorted(p.name for p in (self.root / "incomplete").iterdir())
 
     def fill_tasks_running(self) -> bool:
-        return bool(self.cache.fills) or any(
+        return bool(self.cache.fills()) or any(
             task.get_name().startswith("fill-") and not task.done()
             for task in asyncio.all_tasks()
         )
@@ -191,12 +195,16 @@ def settings(
     *,
     max_size: int = 1 << 30,
     stall_time: float = 86400.0,
+    failure_cooldown: float = 30.0,
     auth_cache_ttl: float = 60.0,
     read_timeout: float = 30.0,
     direct_stores: bool = False,
 ) -> Settings:
     return Settings(
-        cache=CacheSettings(directory=str(root), max_size=max_size, stall_time=stall_time),
+        cache=CacheSettings(
+            directory=str(root), max_size=max_size, stall_time=stall_time,
+            failure_cooldown=failure_cooldown,
+        ),
         upstream=UpstreamSettings(
             glance_endpoints=endpoints,
             auth_cache_ttl=auth_cache_ttl,
@@ -211,9 +219,14 @@ async def start_edgecache(
     aiohttp_client: AiohttpClient,
     root: Path,
     endpoints: tuple[str, ...],
+    *,
+    clock: FakeClock | None = None,
     **options: Any,
 ) -> Edge:
-    """edgecache with its cache in ``root``, in front of ``endpoints``, being served."""
-    app = make_app(settings(root, endpoints, **options))
+    """edgecache with its cache in ``root``, in front of ``endpoints``, being served.
+
+    With ``clock``, every rule of the app runs on that fake clock.
+    """
+    app = make_app(settings(root, endpoints, **options), clock=clock or SYSTEM)
     client = await aiohttp_client(app)
-    return Edge(client=client, app=app, root=root)
+    return Edge(client=client, app=app, root=root, clock=clock)

@@ -38,8 +38,10 @@ async def test_a_demand_fill_starts_at_once_and_prefetches_make_way(
     demand = fg.add_image(wanted, fault=SLOW)["id"]
 
     await _queue(edge, running)
-    await eventually(lambda: running in edge.cache.fills, WAIT, "the prefetch to start")
-    prefetch = edge.cache.fills[running]
+    await eventually(lambda: edge.cache.running_fill(running) is not None, WAIT,
+                     "the prefetch to start")
+    prefetch = edge.cache.running_fill(running)
+    assert prefetch is not None
     await eventually(lambda: prefetch.written >= MiB, WAIT, "the prefetch to move")
 
     booting = asyncio.ensure_future(edge.fetch(file_path(demand)))
@@ -59,7 +61,7 @@ async def test_a_demand_fill_starts_at_once_and_prefetches_make_way(
     # yielding, it reads one piece (about 1 MiB at most) per DEMAND_YIELD seconds.
     most = 1.5 * MiB * (during / DEMAND_YIELD + 2)
     assert prefetch.written - before <= min(most, 9 * MiB), (prefetch.written - before, during)
-    assert edge.cache.fills.get(running) is prefetch
+    assert edge.cache.running_fill(running) is prefetch
 
     # Once the demand is served, prefetching carries on: the queued one starts.
     await eventually(lambda: fg.count("GET", file_path(queued)) == 1, WAIT, "the queued prefetch")
@@ -76,7 +78,8 @@ async def test_a_live_caller_joining_a_prefetch_is_not_slowed_by_other_prefetche
     await _queue(edge, joined)
     await _queue(edge, other)
     await eventually(
-        lambda: joined in edge.cache.fills and other in edge.cache.fills, WAIT, "both prefetches"
+        lambda: None not in (edge.cache.running_fill(joined), edge.cache.running_fill(other)),
+        WAIT, "both prefetches",
     )
     assert edge.cache.demand_fills == 0
 

@@ -22,6 +22,7 @@ from tests.functional import (
     sha512,
     start_edgecache,
 )
+from tests.support.clock import FakeClock
 from tests.support.faultyglance import Fault, FaultyGlance
 
 
@@ -90,9 +91,13 @@ async def test_miss_headers_are_glances(edge: Edge, faulty_glance: FaultyGlance)
 
 
 async def test_wrong_hash_aborts_every_caller_and_commits_nothing(
-    edge: Edge, faulty_glance: FaultyGlance
+    aiohttp_client: AiohttpClient, faulty_glance: FaultyGlance, tmp_path: Path
 ) -> None:
+    """...and the image cools down: no refetch of the same bad bytes until it is over."""
     fg = faulty_glance
+    clock = FakeClock()
+    edge = await start_edgecache(aiohttp_client, tmp_path / "cache", (fg.url,), clock=clock,
+                                 failure_cooldown=30.0)
     data = os.urandom(3 * MiB)
     meta = fg.add_image(
         data, fault=Fault(wrong_hash=True, trickle_chunk=256 * 1024, trickle_delay=0.02)
@@ -110,12 +115,21 @@ async def test_wrong_hash_aborts_every_caller_and_commits_nothing(
     await edge.settled()
     assert edge.incomplete_files() == []
     assert edge.data_files() == {}
-    assert image_id not in edge.cache.index
+    assert not edge.cache.is_committed(image_id)
     assert edge.sample("edgecache_integrity_failures_total") == 1
     assert edge.requests("error") == 5
     assert edge.sample("edgecache_cache_size_bytes") == 0
 
     fg.set_fault(image_id, None)
+    await clock.advance(29.9)
+    cooling = await edge.fetch(file_path(image_id))
+    assert cooling.status == 503
+    assert cooling.headers["Retry-After"] == "1"
+    assert image_id in cooling.body.decode()
+    assert fg.count("GET", file_path(image_id)) == 1
+    assert edge.requests("error") == 6
+
+    await clock.advance(0.1)
     again = await edge.fetch(file_path(image_id))
     assert again.status == 200
     assert again.error is None
@@ -271,8 +285,8 @@ async def test_last_byte_is_withheld_until_the_image_is_verified(
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.5):
                 received += await resp.content.readany()
-        fill = edge.cache.fills[image_id]
-        assert not fill.verified
+        fill = edge.cache.running_fill(image_id)
+        assert fill is not None and not fill.verified
         assert edge.data_files() == {}
 
         # Upstream goes away: the response must break, not end.
@@ -287,17 +301,28 @@ async def test_last_byte_is_withheld_until_the_image_is_verified(
 async def test_stalled_fill_is_abandoned_after_stall_time(
     aiohttp_client: AiohttpClient, faulty_glance: FaultyGlance, tmp_path: Path
 ) -> None:
+    """No progress for stall_time (on the cache's clock): abandoned; a moment less: kept."""
     fg = faulty_glance
-    edge = await start_edgecache(aiohttp_client, tmp_path / "cache", (fg.url,), stall_time=1.0)
+    clock = FakeClock()
+    edge = await start_edgecache(aiohttp_client, tmp_path / "cache", (fg.url,), clock=clock,
+                                 stall_time=60.0)
     data = os.urandom(4 * MiB)
     meta = fg.add_image(data, fault=Fault(stall_after=MiB))
     image_id = meta["id"]
 
-    started = time.monotonic()
-    results = await asyncio.gather(*(edge.fetch(file_path(image_id)) for _ in range(3)))
-    elapsed = time.monotonic() - started
+    fetches = [asyncio.ensure_future(edge.fetch(file_path(image_id))) for _ in range(3)]
+    await eventually(
+        lambda: (fill := edge.cache.running_fill(image_id)) is not None
+        and fill.written >= MiB,
+        what="the fill to reach the stall",
+    )
+    await clock.advance(59.0)
+    assert edge.cache.running_fill(image_id) is not None, "abandoned before stall_time"
+    assert not any(fetch.done() for fetch in fetches)
 
-    assert elapsed < 5.0
+    await clock.advance(1.5)
+    results = await asyncio.gather(*fetches)
+
     for got in results:
         assert got.status == 200
         assert got.broken, f"a response ended cleanly ({got.error!r})"
@@ -305,7 +330,7 @@ async def test_stalled_fill_is_abandoned_after_stall_time(
     await edge.settled(within=3.0)
     assert edge.incomplete_files() == []
     assert edge.data_files() == {}
-    assert image_id not in edge.cache.fills
+    assert edge.cache.fill_progress(image_id) is None
     assert edge.sample("edgecache_fills_in_progress") == 0
 
 

@@ -87,7 +87,7 @@ async def test_range_on_a_miss_goes_upstream_and_commits_nothing(
     assert got.headers["Content-Range"] == f"bytes 1000-1999/{len(data)}"
     file_gets = [r for r in fg.requests if r.method == "GET" and r.path == file_path(image_id)]
     assert [r.range for r in file_gets] == ["bytes=1000-1999"]
-    assert not edge.cache.fills
+    assert not edge.cache.fills()
     await edge.settled()
     assert edge.data_files() == {}
     assert edge.incomplete_files() == []
@@ -127,7 +127,7 @@ async def test_lru_evicts_the_least_recently_used_image(
 
     await eventually(lambda: ids["B"] not in edge.data_files(), what="B evicted")
     assert set(edge.data_files()) == {ids["A"], ids["C"]}
-    assert ids["B"] not in edge.cache.index
+    assert not edge.cache.is_committed(ids["B"])
     assert edge.sample("edgecache_cache_evictions_total") == 1
     assert edge.sample("edgecache_cache_images") == 2
     assert edge.sample("edgecache_cache_size_bytes") == 6 * MiB

@@ -18,7 +18,8 @@ import pytest
 from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
-from edgecache.upstream.stores import FileStore, HttpStore
+from edgecache.upstream.stores.file import FileStore
+from edgecache.upstream.stores.http import HttpStore
 from tests.contract.stores import StoreUnderTest
 from tests.support.motos3 import MotoS3, moto_s3
 

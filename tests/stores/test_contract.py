@@ -1,48 +1,46 @@
-"""One contract, every store backend: exists, not found, full read, ranged read."""
+"""The store contract suite (tests/contract/test_store_contract.py) against a real Swift.
+
+Swift needs a real single-node cluster (the ``local_swift`` session fixture), so
+its run of the contract belongs to this slow tier; the in-process backends run
+the same tests in tests/contract.
+"""
 
 from __future__ import annotations
 
-import os
+import uuid
+from collections.abc import AsyncIterator
 
+import aiohttp
 import pytest
 
-from edgecache.errors import NotFound
-from edgecache.model import ImageBody
-from tests.stores.conftest import StoreUnderTest
+from lab.swift import LocalSwift
+from tests.contract.stores import StoreUnderTest
+from tests.contract.test_store_contract import (
+    test_a_full_read_yields_every_byte,
+    test_a_missing_object_is_not_found,
+    test_a_ranged_read_starts_at_the_offset,
+    test_an_object_that_exists_opens_with_its_length,
+)
 
-MiB = 1 << 20
-
-
-async def read_all(body: ImageBody) -> bytes:
-    try:
-        return b"".join([chunk async for chunk in body.chunks()])
-    finally:
-        body.close()
-
-
-async def test_an_object_that_exists_opens_with_its_length(store: StoreUnderTest) -> None:
-    data = os.urandom(1000)
-    body = await store.backend.open(store.put("small", data))
-    assert (body.start, body.content_length) == (0, len(data))
-    assert await read_all(body) == data
+__all__ = [
+    "test_a_full_read_yields_every_byte",
+    "test_a_missing_object_is_not_found",
+    "test_a_ranged_read_starts_at_the_offset",
+    "test_an_object_that_exists_opens_with_its_length",
+]
 
 
-async def test_a_missing_object_is_not_found(store: StoreUnderTest) -> None:
-    with pytest.raises(NotFound):
-        await store.backend.open(store.missing)
-    with pytest.raises(NotFound):
-        await store.backend.open(store.missing, 10)
+@pytest.fixture
+async def store(local_swift: LocalSwift) -> AsyncIterator[StoreUnderTest]:
+    """``swift+http://`` objects in the session's Swift (tempauth from the URL)."""
+    from edgecache.upstream.stores.swift import SwiftStore
 
+    prefix = uuid.uuid4().hex
+    async with aiohttp.ClientSession() as session:
+        def put(name: str, data: bytes) -> str:
+            local_swift.put_object("images", f"{prefix}-{name}", data)
+            return local_swift.location("images", f"{prefix}-{name}")
 
-async def test_a_full_read_yields_every_byte(store: StoreUnderTest) -> None:
-    data = os.urandom(3 * MiB + 5)
-    body = await store.backend.open(store.put("large", data), 0)
-    assert await read_all(body) == data
-
-
-@pytest.mark.parametrize("offset", [1, MiB, 3 * MiB + 4])
-async def test_a_ranged_read_starts_at_the_offset(store: StoreUnderTest, offset: int) -> None:
-    data = os.urandom(3 * MiB + 5)
-    body = await store.backend.open(store.put("ranged", data), offset)
-    assert (body.start, body.content_length) == (offset, len(data) - offset)
-    assert await read_all(body) == data[offset:]
+        yield StoreUnderTest(
+            SwiftStore(session), put, local_swift.location("images", f"{prefix}-missing")
+        )

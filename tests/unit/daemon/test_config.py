@@ -9,7 +9,7 @@ import pytest
 from edgecache.daemon import config
 from edgecache.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ import json
 import math
 import re
 import uuid
+from contextvars import ContextVar
 from http import HTTPStatus
 
 from aiohttp import web
@@ -33,6 +34,9 @@ from edgecache.errors import (
 )
 
 REQUEST_ID_HEADER = "x-openstack-request-id"
+#: The request being handled by the current task ("-" outside any request): every log
+#: line shows it, and tasks a request starts (a fill) keep it.
+REQUEST_ID: ContextVar[str] = ContextVar("edgecache_request_id", default="-")
 #: Glance's max_request_id_length.
 MAX_REQUEST_ID_LENGTH = 64
 REQUEST_ID_KEY = web.RequestKey("edgecache.request_id", str)

@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from edgecache.api import cache_api, health, images, proxy, versions
 from edgecache.api.accesslog import log_cancelled
 from edgecache.api.errors import (
+    REQUEST_ID,
     REQUEST_ID_HEADER,
     REQUEST_ID_KEY,
     ROUTE_KEY,
@@ -28,7 +29,6 @@ from edgecache.api.errors import (
     error_response,
     request_id_for,
 )
-from edgecache.daemon import logs
 
 SERVICE_KEY = web.AppKey("edgecache.service", images.ImageService)
 
@@ -111,7 +111,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     problem = bad_request_id(caller_id)
     request[REQUEST_ID_KEY] = request_id_for(None if problem else caller_id)
     # Tasks started from here (a fill) copy the context: their lines keep this id.
-    token = logs.REQUEST_ID.set(request[REQUEST_ID_KEY])
+    token = REQUEST_ID.set(request[REQUEST_ID_KEY])
     try:
         if problem is not None:
             request[ROUTE_KEY] = "rejected"
@@ -121,7 +121,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         log_cancelled(request, time.monotonic() - started)  # aiohttp logs no access line
         raise
     finally:
-        logs.REQUEST_ID.reset(token)
+        REQUEST_ID.reset(token)
         route = request.get(ROUTE_KEY, "unknown")
         request.app[SERVICE_KEY].metrics.request_duration.labels(route=route).observe(
             time.monotonic() - started

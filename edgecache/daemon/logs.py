@@ -14,10 +14,8 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import sys
-from contextvars import ContextVar
 
-#: The request being handled by the current task; "-" outside any request.
-REQUEST_ID: ContextVar[str] = ContextVar("edgecache_request_id", default="-")
+from edgecache.api.errors import REQUEST_ID
 
 #: oslo.log's context format, with the request id where it puts its context.
 FORMAT = "%(asctime)s.%(msecs)03d %(process)d %(levelname)s %(name)s [%(request_id)s] %(message)s"

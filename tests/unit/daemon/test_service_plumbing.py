@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from oslo_config import cfg
 
+from edgecache.api.errors import REQUEST_ID
 from edgecache.daemon import config, logs, sdnotify
 from edgecache.errors import ConfigError
 
@@ -68,7 +69,7 @@ def test_log_records_carry_the_current_request_id() -> None:
     outside = _record()
     assert stamp.filter(outside)
     assert getattr(outside, "request_id", None) == "-"
-    token = logs.REQUEST_ID.set("req-unit-1")
+    token = REQUEST_ID.set("req-unit-1")
     try:
         inside = _record()
         stamp.filter(inside)
@@ -77,7 +78,7 @@ def test_log_records_carry_the_current_request_id() -> None:
         stamp.filter(given)
         assert getattr(given, "request_id", None) == "req-explicit"
     finally:
-        logs.REQUEST_ID.reset(token)
+        REQUEST_ID.reset(token)
 
 
 def test_log_setup_replaces_handlers_and_sets_the_level(tmp_path: Path) -> None:

@@ -50,7 +50,8 @@ from aiohttp import web
 
 from edgecache.api.authn import caller_roles
 from edgecache.api.errors import REQUEST_ID_HEADER, REQUEST_ID_KEY, answer_for, error_response
-from edgecache.core.cache import ImageCache, verified_at
+from edgecache.core.cache import ImageCache
+from edgecache.core.views import verified_at
 from edgecache.errors import NoSpace, UpstreamError, UpstreamRefused
 from edgecache.model import UUID_PATTERN, Entry, ImageMeta
 from edgecache.ops.prefetch import Prefetcher

@@ -36,9 +36,10 @@ from edgecache.api.errors import (
 )
 from edgecache.api.ranges import BadRange, ByteRange, UnsatisfiableRange, requested_range
 from edgecache.api.streaming import ClientGone, abort, send_fd
-from edgecache.core.cache import Copy, Hit, ImageCache
+from edgecache.core.cache import ImageCache
 from edgecache.core.decision import Action, Facts, Glance, Kind, Ranged, decide
 from edgecache.core.fill import Fill
+from edgecache.core.views import Copy, Hit
 from edgecache.errors import FillAborted, FillCoolingDown, UpstreamError, UpstreamRefused
 from edgecache.metrics import Metrics
 from edgecache.model import UUID_PATTERN, ImageMeta

@@ -19,19 +19,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import enum
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from edgecache import metrics as m
 from edgecache.clock import SYSTEM, Clock
 from edgecache.core import policy
 from edgecache.core.diskstore import DiskStore
-from edgecache.core.fill import Fill, Throttle
+from edgecache.core.fill import Fill, Throttle, download
 from edgecache.core.index import Index
+from edgecache.core.views import (
+    VERIFIED_AT,
+    Cooldown,
+    Copy,
+    FillProgress,
+    FillState,
+    Hit,
+    Usage,
+)
 from edgecache.errors import (
     FillAborted,
     FillCoolingDown,
@@ -43,72 +50,6 @@ from edgecache.errors import (
 from edgecache.model import Entry, ImageMeta, ImageSource, same_bytes
 
 LOG = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Hit:
-    """A committed image opened for one reader (the caller closes ``fd``)."""
-
-    entry: Entry
-    fd: int
-
-
-class Copy(enum.Enum):
-    """What the cache holds of the bytes a record describes."""
-
-    ABSENT = "absent"
-    #: committed, and the record still describes its bytes
-    SAME = "same"
-    #: committed, but the record now describes other bytes: evict, never serve
-    CHANGED = "changed"
-
-
-class FillState(enum.Enum):
-    """The fill running for an image, measured against a record."""
-
-    NONE = "none"
-    #: a fill of exactly these bytes, still receiving them
-    RUNNING = "running"
-    #: a fill of these bytes that has verified all of them (only its commit is left)
-    VERIFIED = "verified"
-    #: a fill of other bytes (the image changed meanwhile): neither joined nor replaced
-    OTHER = "other"
-
-
-@dataclass(frozen=True)
-class Usage:
-    """Byte and image totals, as the cache API and the health check show them."""
-
-    size: int
-    reserved: int
-    max_size: int
-    pinned: int
-    images: int
-    fills: int
-
-
-@dataclass(frozen=True)
-class FillProgress:
-    """One fill in progress, as operators see it."""
-
-    image_id: str
-    bytes_done: int
-    bytes_total: int
-    #: started by a prefetch no live caller has joined (still paced)
-    prefetch: bool
-    verified: bool
-
-
-@dataclass(frozen=True)
-class Cooldown:
-    """Why an image's last fill failed, and until when no new fill starts for it."""
-
-    meta: ImageMeta
-    until: float
-    reason: str
-
-    def retry_after(self, now: float) -> float:
-        return max(0.0, self.until - now)
 
 
 class ImageCache:
@@ -399,7 +340,12 @@ class ImageCache:
         self._metrics.fills_in_progress.inc()
         committed = False
         try:
-            await self._download(fill, headers)
+            await download(
+                fill, self._source, headers,
+                max_resumes=self._max_resume_attempts,
+                sleep=self._clock.sleep,
+                on_break=self._metrics.upstream_errors.labels(reason="body").inc,
+            )
             entry = Entry.from_meta(fill.meta, size=fill.size, now=self._clock.time())
             removal = self._removals.get(fill.image_id)
             if removal is not None:
@@ -462,53 +408,6 @@ class ImageCache:
             self._cooling[fill.image_id] = Cooldown(
                 fill.meta, self._clock.monotonic() + self._failure_cooldown, str(exc)
             )
-
-    async def _download(self, fill: Fill, headers: dict[str, str]) -> None:
-        """Pump the image into the fill, resuming a body that breaks off, then verify it.
-
-        A break (a connection lost mid-body, or a close-delimited body that ends
-        early) is resumed with ``Range: bytes=N-`` up to ``max_resume_attempts``
-        times; the readers see one uninterrupted body.
-        """
-        resumes = 0
-        while True:
-            try:
-                body = await self._source.open_image(
-                    fill.image_id, headers, offset=fill.received, meta=fill.meta
-                )
-            except UpstreamError:
-                if not fill.received or resumes >= self._max_resume_attempts:
-                    raise
-                resumes += 1
-                await self._clock.sleep(min(0.1 * 2 ** resumes, 5.0))
-                continue
-            try:
-                expected = fill.size - body.start
-                if body.content_length is not None and body.content_length != expected:
-                    raise UpstreamError(
-                        f"image {fill.image_id}: upstream sends {body.content_length} bytes "
-                        f"from offset {body.start}, its record says {expected}",
-                        reason="size",
-                    )
-                fill.mark_started()
-                await fill.pump(body)
-            except UpstreamError as exc:
-                if exc.reason != "body" or resumes >= self._max_resume_attempts:
-                    raise
-                self._metrics.upstream_errors.labels(reason="body").inc()
-                LOG.warning("image %s: upstream body broke off at %d of %d bytes; resuming",
-                            fill.image_id, fill.received, fill.size)
-                resumes += 1
-                continue
-            finally:
-                body.close()
-            if fill.received < fill.size and resumes < self._max_resume_attempts:
-                LOG.warning("image %s: upstream body ended at %d of %d bytes; resuming",
-                            fill.image_id, fill.received, fill.size)
-                resumes += 1
-                continue
-            fill.verify()
-            return
 
     def _close_partial(self, fill: Fill, committed: bool) -> None:
         fill.close()
@@ -717,16 +616,6 @@ class ImageCache:
         self._metrics.cache_size.set(self._index.total_bytes)
         self._metrics.cache_images.set(len(self._index))
         self._metrics.cache_max_size.set(self._max_size)
-
-
-#: where the scrubber's last good re-hash is kept in an entry's ``extra``
-VERIFIED_AT = "verified_at"
-
-
-def verified_at(entry: Entry) -> float:
-    """When the entry's bytes were last known good: its last scrub, else its commit."""
-    value = entry.extra.get(VERIFIED_AT)
-    return float(value) if isinstance(value, (int, float)) else entry.committed_at
 
 
 def _copy(entry: Entry) -> Entry:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from edgecache.core.cache import Copy, FillState
+from edgecache.core.views import Copy, FillState
 
 
 class Glance(enum.Enum):

@@ -15,16 +15,19 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
-from edgecache.errors import ChecksumMismatch, FillAborted, ShortBody
-from edgecache.model import ImageBody, ImageMeta
+from edgecache.errors import ChecksumMismatch, FillAborted, ShortBody, UpstreamError
+from edgecache.model import ImageBody, ImageMeta, ImageSource
+
+LOG = logging.getLogger(__name__)
 
 #: Writes (and hash updates) allowed in flight before the pump waits; with
 #: upstream reads of up to ~2 MiB this bounds a fill's buffered memory.
@@ -211,6 +214,63 @@ class Fill:
         self.verified = True
         self.last_progress = self._clock()
         self._wake()
+
+
+async def download(
+    fill: Fill,
+    source: ImageSource,
+    headers: Mapping[str, str],
+    *,
+    max_resumes: int,
+    sleep: Callable[[float], Awaitable[None]],
+    on_break: Callable[[], None],
+) -> None:
+    """Pump the image from ``source`` into ``fill``, resuming a body that breaks off, then
+    verify it.
+
+    A break (a connection lost mid-body, or a close-delimited body that ends
+    early) is resumed with ``Range: bytes=N-`` up to ``max_resumes`` times; the
+    readers see one uninterrupted body. ``on_break`` counts each break resumed.
+    """
+    resumes = 0
+    while True:
+        try:
+            body = await source.open_image(
+                fill.image_id, headers, offset=fill.received, meta=fill.meta
+            )
+        except UpstreamError:
+            if not fill.received or resumes >= max_resumes:
+                raise
+            resumes += 1
+            await sleep(min(0.1 * 2 ** resumes, 5.0))
+            continue
+        try:
+            expected = fill.size - body.start
+            if body.content_length is not None and body.content_length != expected:
+                raise UpstreamError(
+                    f"image {fill.image_id}: upstream sends {body.content_length} bytes "
+                    f"from offset {body.start}, its record says {expected}",
+                    reason="size",
+                )
+            fill.mark_started()
+            await fill.pump(body)
+        except UpstreamError as exc:
+            if exc.reason != "body" or resumes >= max_resumes:
+                raise
+            on_break()
+            LOG.warning("image %s: upstream body broke off at %d of %d bytes; resuming",
+                        fill.image_id, fill.received, fill.size)
+            resumes += 1
+            continue
+        finally:
+            body.close()
+        if fill.received < fill.size and resumes < max_resumes:
+            LOG.warning("image %s: upstream body ended at %d of %d bytes; resuming",
+                        fill.image_id, fill.received, fill.size)
+            resumes += 1
+            continue
+        fill.verify()
+        return
 
 
 async def _settle(futures: deque[asyncio.Future[None]]) -> None:

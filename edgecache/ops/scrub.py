@@ -20,7 +20,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from edgecache.core.cache import ImageCache, verified_at
+from edgecache.core.cache import ImageCache
+from edgecache.core.views import verified_at
 from edgecache.model import Entry, strongest_hash
 from edgecache.ops.ratelimit import TokenBucket
 

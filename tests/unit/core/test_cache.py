@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from edgecache.core.cache import Copy, FillState, ImageCache
+from edgecache.core.cache import ImageCache
 from edgecache.core.diskstore import DiskStore
+from edgecache.core.views import Copy, FillState
 from edgecache.errors import (
     ChecksumMismatch,
     FillCoolingDown,

@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 
-from edgecache.core.cache import Copy, FillState
 from edgecache.core.decision import Action, Facts, Glance, Kind, Ranged, decide
+from edgecache.core.views import Copy, FillState
 
 GET, HEAD = "GET", "HEAD"
 

@@ -199,6 +199,7 @@ def settings(
     auth_cache_ttl: float = 60.0,
     read_timeout: float = 30.0,
     direct_stores: bool = False,
+    max_resume_attempts: int = 5,
 ) -> Settings:
     return Settings(
         cache=CacheSettings(
@@ -211,6 +212,7 @@ def settings(
             connect_timeout=2.0,
             read_timeout=read_timeout,
             direct_stores=direct_stores,
+            max_resume_attempts=max_resume_attempts,
         ),
     )
 

@@ -174,9 +174,13 @@ async def test_image_without_hashes_is_checked_by_size(
 
 @pytest.mark.parametrize("close_delimited", [False, True], ids=["content-length", "close"])
 async def test_body_cut_midway_aborts_callers_and_commits_nothing(
-    edge: Edge, faulty_glance: FaultyGlance, close_delimited: bool
+    aiohttp_client: AiohttpClient, faulty_glance: FaultyGlance, tmp_path: Path,
+    close_delimited: bool,
 ) -> None:
     fg = faulty_glance
+    # one resume (and its short backoff) shows the rule; five only take longer
+    edge = await start_edgecache(aiohttp_client, tmp_path / "cache", (fg.url,),
+                                 max_resume_attempts=1)
     data = os.urandom(4 * MiB)
     half = len(data) // 2
     meta = fg.add_image(
@@ -264,9 +268,11 @@ async def test_first_bytes_arrive_long_before_upstream_finishes(
 
 
 async def test_last_byte_is_withheld_until_the_image_is_verified(
-    edge: Edge, faulty_glance: FaultyGlance
+    aiohttp_client: AiohttpClient, faulty_glance: FaultyGlance, tmp_path: Path
 ) -> None:
     fg = faulty_glance
+    edge = await start_edgecache(aiohttp_client, tmp_path / "cache", (fg.url,),
+                                 max_resume_attempts=1)
     data = os.urandom(MiB + 7)
     size = len(data)
     meta = fg.add_image(data, fault=Fault(stall_after=size - 1))

@@ -32,6 +32,7 @@ from edgecache.api.cache_api import CACHE_ADMIN_KEY, build_cache_admin
 from edgecache.api.health import HEALTH_KEY, Health
 from edgecache.api.images import ImageService
 from edgecache.api.routes import SERVICE_KEY, setup_routes
+from edgecache.clock import SYSTEM, Clock
 from edgecache.core.cache import ImageCache
 from edgecache.core.diskstore import DiskStore
 from edgecache.daemon import logs, sdnotify
@@ -47,13 +48,17 @@ LOG = logging.getLogger(__name__)
 
 SETTINGS_KEY = web.AppKey("edgecache.settings", Settings)
 METRICS_KEY = web.AppKey("edgecache.metrics", Metrics)
+CLOCK_KEY: web.AppKey[Clock] = web.AppKey("edgecache.clock")
 
 
-def make_app(settings: Settings, *, metrics: Metrics | None = None) -> web.Application:
+def make_app(
+    settings: Settings, *, metrics: Metrics | None = None, clock: Clock = SYSTEM
+) -> web.Application:
     """A ready-to-run application; resources are opened when it starts."""
     app = web.Application(handler_args={"max_field_size": 16384, "max_line_size": 16384})
     app[SETTINGS_KEY] = settings
     app[METRICS_KEY] = metrics or Metrics()
+    app[CLOCK_KEY] = clock
     app[HEALTH_KEY] = Health()
     app.cleanup_ctx.append(_service)
     setup_routes(app)
@@ -75,6 +80,7 @@ async def _service(app: web.Application) -> AsyncIterator[None]:
         connect_timeout=upstream_settings.connect_timeout,
         read_timeout=upstream_settings.read_timeout,
         http_proxy=upstream_settings.http_proxy,
+        clock=app[CLOCK_KEY],
     ) as upstream:
         source: ImageSource = upstream
         if upstream_settings.direct_stores:
@@ -97,10 +103,12 @@ async def _service(app: web.Application) -> AsyncIterator[None]:
                 upstream_settings.offline_auth_ttl
                 if upstream_settings.serve_cached_on_upstream_failure else 0.0
             ),
+            clock=app[CLOCK_KEY],
         )
         deletions = DeletionCheck(
             cache, metadata, upstream, credentials_for(settings.prefetch.upstream_auth),
             min_interval=max(1.0, upstream_settings.auth_cache_ttl),
+            clock=app[CLOCK_KEY],
         )
         app[SERVICE_KEY] = ImageService(
             cache=cache,

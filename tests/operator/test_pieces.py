@@ -1,8 +1,10 @@
-"""The operator features' pure parts: the rate cap, the durable queue, the options."""
+"""The operator features' pure parts: the durable queue, the options.
+
+The rate cap's tests are in tests/unit/ops/test_ratelimit.py.
+"""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
@@ -10,41 +12,6 @@ import pytest
 from edgecache.daemon import config
 from edgecache.errors import ConfigError
 from edgecache.ops.prefetch import PrefetchQueue, QueuedImage
-from edgecache.ops.ratelimit import TokenBucket
-from tests.support.clock import FakeClock, settle
-
-
-async def test_bucket_keeps_the_long_run_rate() -> None:
-    clock = FakeClock()
-    bucket = TokenBucket(1000, clock=clock)
-    waited = 0.0
-    for _ in range(10):  # 10 x 500 bytes at 1000 B/s: 5 s, whatever the chunking
-        delay = bucket.debit(500)
-        waited += delay
-        await clock.advance(delay)
-    assert waited == pytest.approx(5.0)
-
-
-async def test_bucket_saves_at_most_its_burst() -> None:
-    clock = FakeClock()
-    bucket = TokenBucket(1000, clock=clock)  # burst: a quarter second's worth
-    await clock.advance(60)  # idle for a minute
-    assert bucket.debit(250) == 0.0
-    assert bucket.debit(1000) == pytest.approx(1.0)
-    assert TokenBucket(0).debit(1 << 30) == 0.0  # 0: unlimited
-
-
-async def test_bucket_wait_ends_when_lifted() -> None:
-    clock = FakeClock()
-    bucket = TokenBucket(1.0, clock=clock)  # one byte per second: a 60 s wait
-    lifted = asyncio.Event()
-    taking = asyncio.create_task(bucket.take(60, until=lifted))
-    await clock.advance(30)
-    assert not taking.done(), "half the debt is not paid off"
-    lifted.set()
-    await settle()
-    assert taking.done(), "lifting ends the wait without time passing"
-    await taking
 
 
 def test_queue_is_fifo_deduplicated_and_durable(tmp_path: Path) -> None:

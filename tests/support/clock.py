@@ -61,7 +61,12 @@ class FakeClock:
         return sum(1 for _, _, future in self._sleepers if not future.done())
 
     async def advance(self, seconds: float) -> None:
-        """Move time forward, waking each sleeper whose deadline is passed, in order."""
+        """Move time forward, waking each sleeper whose deadline is passed, in order.
+
+        The loop settles first, so a task created just before starts (and sleeps
+        from) the time it was created at, not the time moved to.
+        """
+        await settle()
         target = self._now + seconds
         while self._sleepers and self._sleepers[0][0] <= target:
             deadline, _, future = heapq.heappop(self._sleepers)

@@ -104,6 +104,11 @@ class DeletionCheck:
         self._metadata.forget(image_id)
         self._cache.evict_soon(image_id)
 
+    async def idle(self) -> None:
+        """Wait until no check is in flight: a check's outcome (purge or not) is then known."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
     async def close(self) -> None:
         for task in list(self._tasks.values()):
             task.cancel()

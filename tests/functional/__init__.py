@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pytest_aiohttp import AiohttpClient
 
 from edgecache.api.routes import SERVICE_KEY
+from edgecache.clock import SYSTEM, Clock
 from edgecache.core.cache import ImageCache
 from edgecache.daemon.app import METRICS_KEY, make_app
 from edgecache.daemon.config import CacheSettings, Settings, UpstreamSettings
@@ -211,9 +212,15 @@ async def start_edgecache(
     aiohttp_client: AiohttpClient,
     root: Path,
     endpoints: tuple[str, ...],
+    *,
+    clock: Clock = SYSTEM,
     **options: Any,
 ) -> Edge:
-    """edgecache with its cache in ``root``, in front of ``endpoints``, being served."""
-    app = make_app(settings(root, endpoints, **options))
+    """edgecache with its cache in ``root``, in front of ``endpoints``, being served.
+
+    ``clock`` (a FakeClock) drives the rules on it: reuse ttls, offline grants,
+    deletion checks and endpoint rests.
+    """
+    app = make_app(settings(root, endpoints, **options), clock=clock)
     client = await aiohttp_client(app)
     return Edge(client=client, app=app, root=root)

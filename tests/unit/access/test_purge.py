@@ -103,7 +103,7 @@ async def test_a_check_that_cannot_see_decides_nothing(answer: Exception) -> Non
     glance = ScriptedGlance(answers={"img-1": answer})
     check, _ = _check(copies, glance, clock)
     check.not_found("img-1", caller_is_admin=False)
-    await settle()
+    await check.idle()
     assert glance.count("img-1") == 1, "the check ran"
     assert copies.evicted == [], "and kept the copy"
     assert "img-1" in copies.index

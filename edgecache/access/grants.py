@@ -1,7 +1,7 @@
 """Glance's answer to "may this caller read this image, and what is it?", reused briefly.
 
 Every image request, hits included, is decided by upstream Glance: a
-``GET /v2/images/{id}`` made with the caller's own credentials (spec §5.2). The
+``GET /v2/images/{id}`` made with the caller's own credentials. The
 answer is reused for ``[upstream] auth_cache_ttl`` seconds, keyed by the image
 and a hash of the caller's credentials (never the token itself). Concurrent
 identical lookups share one upstream call.
@@ -11,25 +11,29 @@ remembered, with its time, for ``offline_auth_ttl``: while no Glance answers,
 :meth:`MetadataCache.offline_answer` tells whether this same caller was allowed
 this same image recently enough to be served a cached copy
 (``serve_cached_on_upstream_failure``).
+
+Both memories are :class:`~edgecache.access.ttlmap.TTLMap` on the injected
+:class:`~edgecache.clock.Clock`: bounded, and expired by monotonic time that a
+test can move by hand.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
-from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Protocol
 
-from aiocache import SimpleMemoryCache
-
+from edgecache.access.ttlmap import TTLMap
+from edgecache.clock import SYSTEM, Clock
 from edgecache.errors import UpstreamRefused
 from edgecache.model import ImageMeta
 
 _CREDENTIAL_HEADERS = ("x-auth-token", "x-service-token", "x-roles")
 #: Bound on remembered grants: a caller can add one only with a token Glance accepts.
 _MAX_GRANTS = 65536
+#: Bound on reused answers (as many as grants: each answer is one caller and image).
+_MAX_ANSWERS = 65536
 
 
 class MetadataSource(Protocol):
@@ -56,46 +60,55 @@ class MetadataCache:
         *,
         ttl: float,
         offline_ttl: float = 0.0,
-        monotonic: Callable[[], float] = time.monotonic,
+        clock: Clock = SYSTEM,
+        max_answers: int = _MAX_ANSWERS,
+        max_grants: int = _MAX_GRANTS,
     ) -> None:
         self._source = source
         self._ttl = ttl
         self._offline_ttl = offline_ttl
-        self._monotonic = monotonic
-        #: (image id, credentials key) -> (when Glance granted it, what it said)
-        self._grants: OrderedDict[tuple[str, str], tuple[float, ImageMeta]] = OrderedDict()
-        self._cache = SimpleMemoryCache()
-        self._in_flight: dict[str, asyncio.Future[ImageMeta]] = {}
+        self._clock = clock
+        #: (image id, generation, credentials key) -> what Glance said, for ``ttl``
+        self._answers: TTLMap[tuple[str, int, str], ImageMeta] = TTLMap(
+            ttl=ttl, max_size=max_answers, clock=clock
+        )
+        #: (image id, generation, credentials key) -> Glance's grant, for ``offline_ttl``
+        self._grants: TTLMap[tuple[str, int, str], ImageMeta] = TTLMap(
+            ttl=offline_ttl, max_size=max_grants, clock=clock
+        )
+        self._in_flight: dict[tuple[str, int, str], asyncio.Future[ImageMeta]] = {}
         # Bumped to forget an image: old keys simply stop matching and expire.
         self._generation: dict[str, int] = {}
 
+    def _key(self, image_id: str, headers: Mapping[str, str]) -> tuple[str, int, str]:
+        return image_id, self._generation.get(image_id, 0), credentials_key(headers)
+
     async def get(self, image_id: str, headers: Mapping[str, str]) -> ImageMeta:
         """The image's record for this caller; Glance's refusals propagate as raised."""
-        key = f"{image_id}:{self._generation.get(image_id, 0)}:{credentials_key(headers)}"
-        if self._ttl > 0:
-            cached = await self._cache.get(key)
-            if isinstance(cached, ImageMeta):
-                return cached
+        key = self._key(image_id, headers)
+        cached = self._answers.get(key)
+        if cached is not None:
+            return cached
         pending = self._in_flight.get(key)
         if pending is None:
             # A task of its own: a caller that goes away must not cancel the
             # lookup other callers are waiting on.
-            pending = asyncio.ensure_future(self._lookup(key, image_id, dict(headers)))
+            pending = asyncio.ensure_future(self._lookup(key, dict(headers)))
             self._in_flight[key] = pending
         return await asyncio.shield(pending)
 
-    async def _lookup(self, key: str, image_id: str, headers: dict[str, str]) -> ImageMeta:
+    async def _lookup(self, key: tuple[str, int, str], headers: dict[str, str]) -> ImageMeta:
         try:
             try:
-                meta = await self._source.image_metadata(image_id, headers)
+                meta = await self._source.image_metadata(key[0], headers)
             except UpstreamRefused:
                 # The latest word: a later outage must not resurrect an older grant.
-                self._grants.pop((image_id, credentials_key(headers)), None)
+                self._grants.pop(key)
                 raise
-            if self._offline_ttl > 0:
-                self._remember_grant(image_id, credentials_key(headers), meta)
-            if self._ttl > 0:
-                await self._cache.set(key, meta, ttl=self._ttl)
+            # Under the generation asked about: if the image was forgotten
+            # meanwhile, these keys no longer match and the answer is not reused.
+            self._grants.set(key, meta)
+            self._answers.set(key, meta)
             return meta
         finally:
             del self._in_flight[key]
@@ -103,15 +116,6 @@ class MetadataCache:
     def forget(self, image_id: str) -> None:
         """Stop reusing any answer about an image (it was deleted or changed)."""
         self._generation[image_id] = self._generation.get(image_id, 0) + 1
-        for grant in [g for g in self._grants if g[0] == image_id]:
-            del self._grants[grant]
-
-    def _remember_grant(self, image_id: str, credentials: str, meta: ImageMeta) -> None:
-        grant = (image_id, credentials)
-        self._grants[grant] = (self._monotonic(), meta)
-        self._grants.move_to_end(grant)
-        while len(self._grants) > _MAX_GRANTS:
-            self._grants.popitem(last=False)
 
     def offline_answer(self, image_id: str, headers: Mapping[str, str]) -> ImageMeta | None:
         """Glance's last grant of this image to these credentials, if recent enough.
@@ -119,12 +123,7 @@ class MetadataCache:
         Only for when no upstream answers at all: a refusal is never overridden.
         None when offline serving is off, or the grant is older than ``offline_ttl``.
         """
-        if self._offline_ttl <= 0:
-            return None
-        remembered = self._grants.get((image_id, credentials_key(headers)))
-        if remembered is None:
-            return None
-        granted_at, meta = remembered
-        if self._monotonic() - granted_at > self._offline_ttl or meta.status != "active":
+        meta = self._grants.get(self._key(image_id, headers))
+        if meta is None or meta.status != "active":
             return None
         return meta

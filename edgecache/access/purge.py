@@ -1,7 +1,7 @@
 """Purging images deleted upstream, without letting strangers purge anything.
 
 Glance answers 404 both for an image that is gone and for one the caller may
-not see (glance-contract §2.2): from a caller's 404 alone edgecache cannot tell
+not see: from a caller's 404 alone edgecache cannot tell
 which. Purging on any 404 would let any project evict any other project's
 cached images at will (one request each, and a multi-GiB refetch over the WAN
 for its owner). So a 404 only *starts* a purge when it is definitive:
@@ -15,19 +15,20 @@ for its owner). So a 404 only *starts* a purge when it is definitive:
   never served, since every request is authorized by Glance first.
 
 These checks are at most one per image per ``min_interval`` (and one in flight),
-so a flood of 404s costs Glance one metadata GET per image and interval.
-Images nobody asks for again stay until LRU eviction.
+so a flood of 404s costs Glance one metadata GET per image and interval
+(measured on the injected :class:`~edgecache.clock.Clock`). Images nobody asks
+for again stay until LRU eviction.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Protocol
 
 from edgecache.access.grants import MetadataCache
+from edgecache.clock import SYSTEM, Clock
 from edgecache.core.cache import ImageCache
 from edgecache.errors import UpstreamError, UpstreamRefused
 from edgecache.model import ImageMeta
@@ -51,14 +52,14 @@ class DeletionCheck:
         credentials: Credentials,
         *,
         min_interval: float = 10.0,
-        monotonic: Callable[[], float] = time.monotonic,
+        clock: Clock = SYSTEM,
     ) -> None:
         self._cache = cache
         self._metadata = metadata
         self._source = source
         self._credentials = credentials
         self._min_interval = min_interval
-        self._monotonic = monotonic
+        self._clock = clock
         self._last_check: dict[str, float] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
@@ -70,7 +71,7 @@ class DeletionCheck:
             LOG.info("image %s: 404 to an admin: deleted upstream; purging the copy", image_id)
             self.purge(image_id)
             return
-        now = self._monotonic()
+        now = self._clock.monotonic()
         if image_id in self._tasks or now - self._last_check.get(image_id, -1e18) < (
             self._min_interval
         ):
@@ -102,6 +103,11 @@ class DeletionCheck:
         """Forget every answer about the image and evict its copy."""
         self._metadata.forget(image_id)
         self._cache.evict_soon(image_id)
+
+    async def idle(self) -> None:
+        """Wait until no check is in flight: a check's outcome (purge or not) is then known."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
     async def close(self) -> None:
         for task in list(self._tasks.values()):

@@ -86,6 +86,7 @@ async def _service(app: web.Application) -> AsyncIterator[None]:
         connect_timeout=upstream_settings.connect_timeout,
         read_timeout=upstream_settings.read_timeout,
         http_proxy=upstream_settings.http_proxy,
+        clock=app[CLOCK_KEY],
     ) as upstream:
         source: ImageSource = upstream
         if upstream_settings.direct_stores:
@@ -110,10 +111,12 @@ async def _service(app: web.Application) -> AsyncIterator[None]:
                 upstream_settings.offline_auth_ttl
                 if upstream_settings.serve_cached_on_upstream_failure else 0.0
             ),
+            clock=app[CLOCK_KEY],
         )
         deletions = DeletionCheck(
             cache, metadata, upstream, credentials_for(settings.prefetch.upstream_auth),
             min_interval=max(1.0, upstream_settings.auth_cache_ttl),
+            clock=app[CLOCK_KEY],
         )
         app[SERVICE_KEY] = ImageService(
             cache=cache,
@@ -123,7 +126,7 @@ async def _service(app: web.Application) -> AsyncIterator[None]:
             deletions=deletions,
         )
         cache_admin = build_cache_admin(
-            settings, cache, upstream, app[SERVICE_KEY].metadata.get, metrics
+            settings, cache, upstream, app[SERVICE_KEY].metadata.get, metrics, app[CLOCK_KEY]
         )
         await cache_admin.start()  # prefetch workers and the scrubber
         app[CACHE_ADMIN_KEY] = cache_admin
@@ -143,6 +146,7 @@ def build_cache_admin(
     upstream: MetadataSource,
     lookup: Callable[[str, Mapping[str, str]], Awaitable[ImageMeta]],
     metrics: Metrics,
+    clock: Clock = SYSTEM,
 ) -> CacheAdmin:
     """The prefetch queue (under the cache directory), its workers and the scrubber."""
     if settings.auth_strategy == "keystone" and settings.prefetch.upstream_auth is None:
@@ -158,9 +162,11 @@ def build_cache_admin(
         max_rate=settings.prefetch.max_rate,
         credentials=credentials_for(settings.prefetch.upstream_auth),
         metrics=metrics,
+        clock=clock,
     )
     scrubber = Scrubber(
-        cache, rate=settings.cache.scrub_rate, interval=settings.cache.scrub_interval
+        cache, rate=settings.cache.scrub_rate, interval=settings.cache.scrub_interval,
+        clock=clock,
     )
     return CacheAdmin(
         cache=cache,

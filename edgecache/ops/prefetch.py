@@ -13,6 +13,9 @@ joins that fill instead of fetching again, and joining lifts the throttle:
 from then on the fill reads as fast as upstream sends, so the live caller is
 never slowed by the cap. Pacing is done by not reading the socket, so TCP flow
 control slows the upstream sender itself.
+
+Retry pauses, the workers' waits and the pacing all run on one injected
+:class:`~edgecache.clock.Clock`, so each rule can be tested by moving time.
 """
 
 from __future__ import annotations
@@ -20,16 +23,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import diskcache
 
+from edgecache.backoff import Backoff
+from edgecache.clock import SYSTEM, Clock
 from edgecache.core.cache import ImageCache
 from edgecache.core.fill import Fill
 from edgecache.errors import (
@@ -50,6 +54,8 @@ LOG = logging.getLogger(__name__)
 MAX_ATTEMPTS = 5
 #: Longest pause between two attempts of one image (seconds).
 MAX_BACKOFF = 60.0
+#: Pause after the n-th failed attempt of one image: 2, 4, 8, ... s, at most MAX_BACKOFF.
+RETRY_BACKOFF = Backoff(base=2.0, factor=2.0, cap=MAX_BACKOFF)
 RESULTS = ("cached", "present", "failed")
 MAX_FAILURES_KEPT = 100
 #: While live callers' fills run, a running prefetch reads one piece per this many
@@ -92,6 +98,7 @@ class _State:
 
     state: str = "queued"  # queued | fetching | retrying
     attempts: int = 0
+    #: monotonic time before which it is not tried again (0: now)
     not_before: float = 0.0
     error: str | None = None
     fill: Fill | None = None
@@ -155,9 +162,10 @@ class _PacedFill:
     the upstream link to the callers; otherwise it reads at the shared rate cap.
     """
 
-    def __init__(self, bucket: TokenBucket, demand: DemandGauge) -> None:
+    def __init__(self, bucket: TokenBucket, demand: DemandGauge, clock: Clock = SYSTEM) -> None:
         self._bucket = bucket
         self._demand = demand
+        self._clock = clock
         self._lifted = asyncio.Event()
 
     async def take(self, amount: int) -> None:
@@ -172,9 +180,10 @@ class _PacedFill:
         waits = [
             asyncio.ensure_future(self._demand.demand_idle()),
             asyncio.ensure_future(self._lifted.wait()),
+            asyncio.ensure_future(self._clock.sleep(DEMAND_YIELD)),
         ]
         try:
-            await asyncio.wait(waits, timeout=DEMAND_YIELD, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for wait in waits:
                 wait.cancel()
@@ -196,13 +205,13 @@ class Prefetcher:
         max_rate: int = 0,
         credentials: Credentials | None = None,
         metrics: Metrics | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = SYSTEM,
     ) -> None:
         self.cache = cache
         self.source = source
         self.queue = queue
         self.workers = max(1, workers)
-        self.bucket = TokenBucket(max_rate)
+        self.bucket = TokenBucket(max_rate, clock=clock)
         self.credentials = credentials or NoCredentials()
         self.metrics = metrics or Metrics()
         self._clock = clock
@@ -254,7 +263,7 @@ class Prefetcher:
                     existing.size = existing.size if existing.size is not None else size
                     await asyncio.to_thread(self.queue.put, existing)
                 return False
-            item = QueuedImage(image_id, queued_at=self._clock(), size=size, pin=pin)
+            item = QueuedImage(image_id, queued_at=self._clock.time(), size=size, pin=pin)
             await asyncio.to_thread(self.queue.put, item)
             self._items[image_id] = item
             self._states[image_id] = _State()
@@ -334,7 +343,7 @@ class Prefetcher:
     # -- the workers ----------------------------------------------------------------------
 
     def _claim(self) -> QueuedImage | None:
-        now = self._clock()
+        now = self._clock.monotonic()
         for image_id, item in self._items.items():
             if image_id in self._active:
                 continue
@@ -344,8 +353,9 @@ class Prefetcher:
         return None
 
     def _next_retry_in(self) -> float | None:
+        now = self._clock.monotonic()
         waits = [
-            state.not_before - self._clock()
+            state.not_before - now
             for image_id, state in self._states.items()
             if image_id not in self._active and state.not_before > 0
         ]
@@ -356,8 +366,7 @@ class Prefetcher:
             self._wake.clear()
             item = self._claim()
             if item is None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._next_retry_in())
+                await self._clock.wait(self._wake, self._next_retry_in())
                 continue
             self._active.add(item.image_id)
             try:
@@ -398,7 +407,7 @@ class Prefetcher:
             return  # unqueued while Glance was asked: start nothing
         try:
             joined = self.cache.fill_for(
-                meta, headers, throttle=_PacedFill(self.bucket, self.cache)
+                meta, headers, throttle=_PacedFill(self.bucket, self.cache, self._clock)
             )
         except FillCoolingDown as exc:
             await self._retry(item, str(exc))
@@ -431,8 +440,8 @@ class Prefetcher:
         if state.attempts >= MAX_ATTEMPTS:
             await self._finish(item, "failed", f"{error} ({state.attempts} attempts)")
             return
-        delay = min(MAX_BACKOFF, 2.0 ** state.attempts)
-        state.state, state.not_before = "retrying", self._clock() + delay
+        delay = RETRY_BACKOFF.delay(state.attempts)
+        state.state, state.not_before = "retrying", self._clock.monotonic() + delay
         LOG.warning("prefetch of %s: %s; retrying in %.0f s", item.image_id, error, delay)
 
     async def _finish(self, item: QueuedImage, result: str, error: str | None = None) -> None:
@@ -447,7 +456,7 @@ class Prefetcher:
         if error is not None:
             LOG.warning("prefetch of %s given up: %s", item.image_id, error)
             self.failures.append(
-                {"image_id": item.image_id, "error": error, "at": self._clock()}
+                {"image_id": item.image_id, "error": error, "at": self._clock.time()}
             )
             return
         LOG.info("prefetch of %s: %s", item.image_id, result)

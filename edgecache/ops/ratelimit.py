@@ -4,14 +4,14 @@ A token bucket that may go into debt: a stream takes the bytes it just read
 and then waits off the debt, so a chunk larger than the bucket never blocks
 forever and the long-run rate is exact. Waits can be ended early by an event
 (a live caller joined a prefetch fill: it must not be slowed by the cap).
+Time, both the refill and the waits, is the injected :class:`~edgecache.clock.Clock`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
-from collections.abc import Callable
+
+from edgecache.clock import SYSTEM, Clock
 
 
 class TokenBucket:
@@ -22,7 +22,7 @@ class TokenBucket:
         rate: float,
         *,
         burst: float | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = SYSTEM,
     ) -> None:
         self.rate = rate
         #: a quarter second's worth by default: an idle bucket does not save up
@@ -30,7 +30,7 @@ class TokenBucket:
         self.burst = burst if burst is not None else rate / 4
         self._clock = clock
         self._tokens = 0.0
-        self._stamp = clock()
+        self._stamp = clock.monotonic()
 
     @property
     def unlimited(self) -> bool:
@@ -40,7 +40,7 @@ class TokenBucket:
         """Take ``amount`` bytes' worth now; the seconds to wait to stay under the rate."""
         if self.unlimited:
             return 0.0
-        now = self._clock()
+        now = self._clock.monotonic()
         self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
         self._stamp = now
         self._tokens -= amount
@@ -52,7 +52,6 @@ class TokenBucket:
         if delay <= 0:
             return
         if until is None:
-            await asyncio.sleep(delay)
+            await self._clock.sleep(delay)
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(until.wait(), delay)
+        await self._clock.wait(until, delay)

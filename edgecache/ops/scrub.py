@@ -7,6 +7,9 @@ competes with clients for the disk, and checks it against the hash Glance
 recorded. A mismatch evicts the image (the next request refetches and verifies
 it) and counts in ``edgecache_integrity_failures_total``. :meth:`Scrubber.verify`
 does the same on demand, at full speed.
+
+Due times (``verified_at`` is wall time, as the index shows it), the idle
+sleeps and the pacing all run on the injected :class:`~edgecache.clock.Clock`.
 """
 
 from __future__ import annotations
@@ -16,10 +19,9 @@ import contextlib
 import hashlib
 import logging
 import os
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
+from edgecache.clock import SYSTEM, Clock
 from edgecache.core.cache import ImageCache
 from edgecache.core.views import verified_at
 from edgecache.model import Entry, strongest_hash
@@ -31,6 +33,8 @@ LOG = logging.getLogger(__name__)
 CHUNK = 1 << 20
 #: Longest sleep of an idle scrubber, so new entries are looked at reasonably soon.
 IDLE = 60.0
+#: Pause after a scrub that failed, so an entry that keeps failing is never spun on.
+FAILURE_PAUSE = 1.0
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,7 @@ class Scrubber:
         *,
         rate: int,
         interval: float = 86400.0,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = SYSTEM,
     ) -> None:
         self.cache = cache
         self.rate = rate
@@ -93,21 +97,21 @@ class Scrubber:
                 oldest = entry
         if oldest is None:
             return None, min(self.interval, IDLE)
-        wait = verified_at(oldest) + self.interval - self._clock()
+        wait = verified_at(oldest) + self.interval - self._clock.time()
         return (oldest, 0.0) if wait <= 0 else (None, min(wait, self.interval, IDLE))
 
     async def _run(self) -> None:
-        bucket = TokenBucket(self.rate, burst=CHUNK)
+        bucket = TokenBucket(self.rate, burst=CHUNK, clock=self._clock)
         while True:
             entry, wait = self.next_due()
             if entry is None:
-                await asyncio.sleep(wait)
+                await self._clock.sleep(wait)
                 continue
             try:
                 await self.check(entry, bucket)
             except Exception:
                 LOG.exception("scrub of %s failed", entry.image_id)
-                await asyncio.sleep(1.0)  # never spin on an entry that keeps failing
+                await self._clock.sleep(FAILURE_PAUSE)
 
     # -- one image ------------------------------------------------------------------
 
@@ -151,7 +155,7 @@ class Scrubber:
             return await self._corrupt(entry, f"{on_disk} bytes on disk, {entry.size} recorded")
         if hasher is not None and expected is not None and hasher.hexdigest() != expected[1]:
             return await self._corrupt(entry, f"{expected[0]} differs from Glance's")
-        if not await self.cache.mark_verified(entry, self._clock()):
+        if not await self.cache.mark_verified(entry, self._clock.time()):
             return Verdict(image_id, "gone", entry.size)
         return Verdict(image_id, "ok", entry.size)
 

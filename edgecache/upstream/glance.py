@@ -3,18 +3,22 @@
 One shared ``aiohttp.ClientSession`` with explicit timeouts. The caller's own
 credentials (``X-Auth-Token``, ``X-Service-Token``) and request id travel with
 every request, so Glance keeps deciding who may see what.
+
+An endpoint that cannot be reached is rested (tried last) for an exponentially
+growing time, measured on the injected :class:`~edgecache.clock.Clock`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Mapping
 from types import TracebackType
 
 import aiohttp
 
+from edgecache.backoff import Backoff
+from edgecache.clock import SYSTEM, Clock
 from edgecache.errors import UpstreamError, UpstreamRefused
 from edgecache.model import ImageMeta
 from edgecache.upstream.body import HttpBody, content_range_start
@@ -34,6 +38,8 @@ _READ_BUFSIZE = 1 << 20
 _UNAVAILABLE = frozenset({500, 502, 503, 504})
 #: Longest rest for an endpoint that keeps refusing connections.
 _MAX_BACKOFF = 60.0
+#: Rest after the n-th failure in a row of one endpoint: 2, 4, 8, ... s, at most a minute.
+ENDPOINT_BACKOFF = Backoff(base=2.0, factor=2.0, cap=_MAX_BACKOFF)
 
 
 def forwarded(headers: Mapping[str, str]) -> dict[str, str]:
@@ -51,6 +57,7 @@ class GlanceUpstream:
         connect_timeout: float = 10.0,
         read_timeout: float = 300.0,
         http_proxy: str | None = None,
+        clock: Clock = SYSTEM,
     ) -> None:
         if not endpoints:
             raise ValueError("at least one Glance endpoint is required")
@@ -60,6 +67,7 @@ class GlanceUpstream:
         self._timeout = aiohttp.ClientTimeout(
             total=None, connect=connect_timeout, sock_read=read_timeout
         )
+        self._clock = clock
         self._session: aiohttp.ClientSession | None = None
         self._down_until: dict[str, float] = {}
         self._failures: dict[str, int] = {}
@@ -92,7 +100,7 @@ class GlanceUpstream:
 
     def candidates(self) -> list[str]:
         """Endpoints in the order to try: configured order, those in backoff last."""
-        now = time.monotonic()
+        now = self._clock.monotonic()
         healthy = [e for e in self.endpoints if self._down_until.get(e, 0.0) <= now]
         resting = [e for e in self.endpoints if e not in healthy]
         return healthy + resting
@@ -100,7 +108,7 @@ class GlanceUpstream:
     def _mark_down(self, endpoint: str) -> None:
         failures = self._failures.get(endpoint, 0) + 1
         self._failures[endpoint] = failures
-        self._down_until[endpoint] = time.monotonic() + min(_MAX_BACKOFF, 2.0 ** failures)
+        self._down_until[endpoint] = self._clock.monotonic() + ENDPOINT_BACKOFF.delay(failures)
 
     def _mark_up(self, endpoint: str) -> None:
         self._failures.pop(endpoint, None)

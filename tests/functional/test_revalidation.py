@@ -1,28 +1,36 @@
-"""Cached copies against what Glance says now (spec §5.2, glance-contract §8 item 22).
+"""Cached copies against what Glance says now.
 
 Changed bytes are refetched, deleted images purged (but never on a stranger's
 404), and while no Glance answers a copy goes only to a caller Glance granted it
 to recently (``serve_cached_on_upstream_failure``). FaultyGlance can do what a
 real Glance cannot: change an active image's bytes under the same id.
+
+The reuse ttl, the deletion-check interval and the offline grants run on a
+FakeClock handed to the app: each test moves it to just before and just after
+the boundary it is about, and asserts both sides.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import os
 from pathlib import Path
 
 from pytest_aiohttp import AiohttpClient
 
+from edgecache.access.purge import DeletionCheck
+from edgecache.api.routes import SERVICE_KEY
 from edgecache.daemon.app import make_app
 from tests.functional import Edge, eventually, file_path, settings
+from tests.support.clock import FakeClock
 from tests.support.faultyglance import FaultyGlance
 
-TTL = 0.2
+TTL = 0.25
+#: A step exact in binary, so stepping back and forth lands on a deadline exactly.
+TICK = 1 / 64
 
 
-async def _edge(aiohttp_client: AiohttpClient, root: Path, url: str, *,
+async def _edge(aiohttp_client: AiohttpClient, root: Path, url: str, clock: FakeClock, *,
                 offline_ttl: float | None = None) -> Edge:
     base = settings(root, (url,), auth_cache_ttl=TTL)
     upstream = base.upstream
@@ -30,20 +38,30 @@ async def _edge(aiohttp_client: AiohttpClient, root: Path, url: str, *,
         upstream = dataclasses.replace(
             upstream, serve_cached_on_upstream_failure=True, offline_auth_ttl=offline_ttl
         )
-    app = make_app(dataclasses.replace(base, upstream=upstream))
+    app = make_app(dataclasses.replace(base, upstream=upstream), clock=clock)
     return Edge(client=await aiohttp_client(app), app=app, root=root)
+
+
+def _deletions(edge: Edge) -> DeletionCheck:
+    deletions = edge.app[SERVICE_KEY].deletions
+    assert deletions is not None
+    return deletions
 
 
 async def test_changed_hash_is_refetched(
     aiohttp_client: AiohttpClient, faulty_glance: FaultyGlance, tmp_path: Path
 ) -> None:
-    edge = await _edge(aiohttp_client, tmp_path, faulty_glance.url)
-    image_id = faulty_glance.add_image(os.urandom(50_000))["id"]
+    clock = FakeClock()
+    edge = await _edge(aiohttp_client, tmp_path, faulty_glance.url, clock)
+    old = os.urandom(50_000)
+    image_id = faulty_glance.add_image(old)["id"]
     assert (await edge.fetch(file_path(image_id))).status == 200
     await edge.settled()
     new = os.urandom(50_000)
     faulty_glance.add_image(new, image_id=image_id)  # same id and size, other bytes
-    await asyncio.sleep(TTL + 0.05)
+    await clock.advance(TTL)
+    assert (await edge.fetch(file_path(image_id))).body == old, "Glance's answer is reused"
+    await clock.advance(TICK)
 
     got = await edge.fetch(file_path(image_id))
 
@@ -56,17 +74,20 @@ async def test_changed_hash_is_refetched(
 async def test_hashless_image_with_a_new_updated_at_is_refetched(
     aiohttp_client: AiohttpClient, faulty_glance: FaultyGlance, tmp_path: Path
 ) -> None:
-    edge = await _edge(aiohttp_client, tmp_path, faulty_glance.url)
+    clock = FakeClock()
+    edge = await _edge(aiohttp_client, tmp_path, faulty_glance.url, clock)
     old = os.urandom(30_000)
     image_id = faulty_glance.add_image(old, os_hash_value=None, checksum=None,
                                        os_hash_algo=None)["id"]
     assert (await edge.fetch(file_path(image_id))).body == old
     await edge.settled()
-    await asyncio.sleep(1.1)  # Glance's timestamps have whole seconds
     new = os.urandom(30_000)
+    later = {"updated_at": "2100-01-01T00:00:00Z"}  # Glance's stamps have whole seconds
     faulty_glance.add_image(new, image_id=image_id, os_hash_value=None, checksum=None,
-                            os_hash_algo=None)
-    await asyncio.sleep(TTL + 0.05)
+                            os_hash_algo=None, properties=later)
+    await clock.advance(TTL)
+    assert (await edge.fetch(file_path(image_id))).body == old, "Glance's answer is reused"
+    await clock.advance(TICK)
 
     assert (await edge.fetch(file_path(image_id))).body == new
     assert faulty_glance.count("GET", file_path(image_id)) == 2
@@ -75,7 +96,8 @@ async def test_hashless_image_with_a_new_updated_at_is_refetched(
 async def test_deleted_image_is_purged_but_a_strangers_404_purges_nothing(
     aiohttp_client: AiohttpClient, faulty_glance: FaultyGlance, tmp_path: Path
 ) -> None:
-    edge = await _edge(aiohttp_client, tmp_path, faulty_glance.url)
+    clock = FakeClock()
+    edge = await _edge(aiohttp_client, tmp_path, faulty_glance.url, clock)
     data = os.urandom(40_000)
     image_id = faulty_glance.add_image(data, readers={"tok-a"})["id"]
     owner = {"X-Auth-Token": "tok-a"}
@@ -85,16 +107,27 @@ async def test_deleted_image_is_purged_but_a_strangers_404_purges_nothing(
     for _ in range(5):
         stranger = await edge.fetch(file_path(image_id), headers={"X-Auth-Token": "tok-b"})
         assert stranger.status == 404
-    await asyncio.sleep(0.3)  # the check (no token: Glance says 401) decides nothing
+    await _deletions(edge).idle()  # the check (no token: Glance says 401) decides nothing
     assert edge.cache.is_committed(image_id)
-    checks = [r for r in faulty_glance.requests
-              if r.path == f"/v2/images/{image_id}" and not r.headers.get("x-auth-token")]
-    assert len(checks) == 1, "one check per image and interval, however many 404s"
+
+    def checks() -> int:
+        return sum(1 for r in faulty_glance.requests
+                   if r.path == f"/v2/images/{image_id}" and not r.headers.get("x-auth-token"))
+
+    assert checks() == 1, "one check per image and interval, however many 404s"
 
     faulty_glance.remove_image(image_id)
-    await asyncio.sleep(1.05)  # the next check is allowed after max(1 s, auth_cache_ttl)
+    # The next check is allowed after max(1 s, auth_cache_ttl); the owner's answer is
+    # older than the ttl by then, so the owner hears Glance's 404 both times.
+    await clock.advance(1.0 - TICK)
+    assert (await edge.fetch(file_path(image_id), headers=owner)).status == 404
+    await _deletions(edge).idle()
+    assert checks() == 1, "no check within the interval"
+    assert edge.cache.is_committed(image_id)
+    await clock.advance(TICK)
     assert (await edge.fetch(file_path(image_id), headers=owner)).status == 404
     await eventually(lambda: not edge.cache.is_committed(image_id), what="the purge")
+    assert checks() == 2
     await eventually(lambda: not (tmp_path / "data" / image_id).exists(), what="the file")
 
 
@@ -103,7 +136,9 @@ async def test_offline_answers_only_recent_grants(
 ) -> None:
     glance = FaultyGlance()
     await glance.start()
-    edge = await _edge(aiohttp_client, tmp_path, glance.url, offline_ttl=0.8)
+    clock = FakeClock()
+    offline_ttl = 0.75
+    edge = await _edge(aiohttp_client, tmp_path, glance.url, clock, offline_ttl=offline_ttl)
     data = os.urandom(20_000)
     image_id = glance.add_image(data, readers={"tok-a"})["id"]
     owner = {"X-Auth-Token": "tok-a"}
@@ -112,7 +147,7 @@ async def test_offline_answers_only_recent_grants(
                              headers={"X-Auth-Token": "tok-b"})).status == 404
     await edge.settled()
     await glance.close()  # no upstream answers any more
-    await asyncio.sleep(TTL + 0.05)
+    await clock.advance(TTL + TICK)  # Glance's answers are not reused: it is asked, in vain
 
     served = await edge.fetch(file_path(image_id), headers={"X-Auth-Token": "tok-a"})
     assert served.status == 200
@@ -120,7 +155,9 @@ async def test_offline_answers_only_recent_grants(
     for token in ("tok-b", "tok-c"):
         refused = await edge.fetch(file_path(image_id), headers={"X-Auth-Token": token})
         assert refused.status == 503
-    await asyncio.sleep(0.8)
+    await clock.advance(offline_ttl - TTL - 2 * TICK)  # just before the grant is too old
+    assert (await edge.fetch(file_path(image_id), headers=owner)).status == 200
+    await clock.advance(2 * TICK)
     late = await edge.fetch(file_path(image_id), headers={"X-Auth-Token": "tok-a"})
     assert late.status == 503
     assert late.headers["Retry-After"] == "1"

@@ -1,8 +1,10 @@
-"""The operator features' pure parts: the rate cap, the durable queue, the options."""
+"""The operator features' pure parts: the durable queue, the options.
+
+The rate cap's tests are in tests/unit/ops/test_ratelimit.py.
+"""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
@@ -10,43 +12,6 @@ import pytest
 from edgecache.daemon import config
 from edgecache.errors import ConfigError
 from edgecache.ops.prefetch import PrefetchQueue, QueuedImage
-from edgecache.ops.ratelimit import TokenBucket
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_bucket_keeps_the_long_run_rate() -> None:
-    clock = FakeClock()
-    bucket = TokenBucket(1000, clock=clock)
-    waited = 0.0
-    for _ in range(10):  # 10 x 500 bytes at 1000 B/s: 5 s, whatever the chunking
-        delay = bucket.debit(500)
-        waited += delay
-        clock.now += delay
-    assert waited == pytest.approx(5.0)
-
-
-def test_bucket_saves_at_most_its_burst() -> None:
-    clock = FakeClock()
-    bucket = TokenBucket(1000, clock=clock)  # burst: a quarter second's worth
-    clock.now += 60  # idle for a minute
-    assert bucket.debit(250) == 0.0
-    assert bucket.debit(1000) == pytest.approx(1.0)
-    assert TokenBucket(0).debit(1 << 30) == 0.0  # 0: unlimited
-
-
-async def test_bucket_wait_ends_when_lifted() -> None:
-    bucket = TokenBucket(1.0)  # one byte per second: a 60 s wait
-    lifted = asyncio.Event()
-    asyncio.get_running_loop().call_later(0.05, lifted.set)
-    async with asyncio.timeout(2):
-        await bucket.take(60, until=lifted)
 
 
 def test_queue_is_fifo_deduplicated_and_durable(tmp_path: Path) -> None:

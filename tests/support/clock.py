@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import time
+from collections.abc import Callable
 
 #: loop turns ``advance`` and ``settle`` give woken tasks (no real I/O is involved)
 _TURNS = 50
@@ -59,7 +61,12 @@ class FakeClock:
         return sum(1 for _, _, future in self._sleepers if not future.done())
 
     async def advance(self, seconds: float) -> None:
-        """Move time forward, waking each sleeper whose deadline is passed, in order."""
+        """Move time forward, waking each sleeper whose deadline is passed, in order.
+
+        The loop settles first, so a task created just before starts (and sleeps
+        from) the time it was created at, not the time moved to.
+        """
+        await settle()
         target = self._now + seconds
         while self._sleepers and self._sleepers[0][0] <= target:
             deadline, _, future = heapq.heappop(self._sleepers)
@@ -74,4 +81,18 @@ class FakeClock:
 async def settle() -> None:
     """Let the event loop run everything that is ready (no waiting on real time)."""
     for _ in range(_TURNS):
+        await asyncio.sleep(0)
+
+
+async def until(predicate: Callable[[], bool], *, within: float = 5.0, what: str = "") -> None:
+    """Yield to the loop until ``predicate`` holds: for work that hops to a thread.
+
+    ``settle`` runs what is ready on the loop; a step done in ``asyncio.to_thread``
+    (a diskcache or file write) finishes in real time, so a test waits for it here.
+    Fake time does not move meanwhile; ``within`` real seconds bound a hang.
+    """
+    deadline = time.monotonic() + within
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached within {within} s: {what or predicate}")
         await asyncio.sleep(0)

@@ -32,7 +32,10 @@ CORE_FORBIDDEN = (
     "aiohttp",
 )
 #: The leaves every layer shares; they may import one another and nothing else of ours.
-LEAVES = ("edgecache.model", "edgecache.errors", "edgecache.clock", "edgecache.metrics")
+LEAVES = (
+    "edgecache.model", "edgecache.errors", "edgecache.clock", "edgecache.backoff",
+    "edgecache.metrics",
+)
 #: The only layers that may speak aiohttp's server side.
 WEB_LAYERS = ("edgecache.api", "edgecache.daemon")
 

@@ -31,8 +31,6 @@ from edgecache.daemon.app import METRICS_KEY, make_app
 from edgecache.daemon.config import CacheSettings, Settings, UpstreamSettings
 from edgecache.metrics import Metrics
 
-MiB = 1 << 20
-
 #: Upper bound on any single wait in these tests (a hang fails fast, not after 300 s).
 WAIT = 10.0
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from edgecache import __version__
-from tests.support.daemon import free_port, run_cli
+from lab.edgecache import run_cli
+from lab.ports import free_port
 
 #: A refused configuration must fail well before anything would be served.
 QUICK = 10.0

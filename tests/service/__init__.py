@@ -1,6 +1,6 @@
 """edgecache as operators run it: metrics, health, logs, systemd, signals (spec §4, §7, §8).
 
-The daemon runs as a process (:class:`tests.support.daemon.Daemon`) in front of a
+The daemon runs as a process (:class:`lab.edgecache.EdgecacheProcess`) in front of a
 FaultyGlance in thread mode; every check is made from outside, the way Prometheus,
 systemd or an operator sees it. The helpers below are shared by the modules here.
 """
@@ -17,11 +17,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from tests.support.daemon import REPO_ROOT
-
-MiB = 1 << 20
-
-__all__ = ["REPO_ROOT", "Download", "MiB", "Scrape", "scrape", "scrape_text", "wait_metric"]
+__all__ = ["Download", "Scrape", "scrape", "scrape_text", "wait_metric"]
 
 Labels = frozenset[tuple[str, str]]
 

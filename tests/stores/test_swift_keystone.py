@@ -28,11 +28,12 @@ from edgecache.daemon import config
 from edgecache.errors import NotFound
 from edgecache.model import ImageBody
 from edgecache.upstream.stores.swift import KeystoneSession, SwiftStore
-from lab.glance import default_state_root
 from lab.keystone import LocalKeystone, ensure_keystone_venv
+from lab.procs import alive
 from lab.swift import KeystoneAuth, LocalSwift, ensure_swift_venv
+from lab.units import MiB
+from lab.venvs import default_state_root
 
-MiB = 1 << 20
 STORE_USER = "glance"
 STORE_PASSWORD = "glance-store-pw"
 STORE_PROJECT = "glance-store"
@@ -117,7 +118,7 @@ def keystone_swift() -> Iterator[KeystoneSwift]:
                 pids = swift.pids()
                 yield KeystoneSwift(keystone, swift, project_id)
         assert keystone.pid is None
-        assert not [pid for pid in pids if os.path.exists(f"/proc/{pid}")], \
+        assert not [pid for pid in pids if alive(pid)], \
             "Swift processes were left behind"
     finally:
         shutil.rmtree(state, ignore_errors=True)

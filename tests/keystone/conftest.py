@@ -80,27 +80,10 @@ class World:
 
     def daemon_options(self, **upstream: str) -> dict[str, dict[str, str]]:
         """edgecache's config in keystone mode, [keystone_authtoken] as Glance has it."""
-        ks = self.keystone
-        authtoken = {
-            "www_authenticate_uri": ks.auth_url,
-            "auth_url": ks.auth_url,
-            "auth_type": "password",
-            "username": "admin",
-            "password": ks.admin_password,
-            "user_domain_id": "default",
-            "project_name": "admin",
-            "project_domain_id": "default",
-            "region_name": ks.region,
-            "memcached_servers": "",
-        }
-        upstream_auth = {key: authtoken[key] for key in (
-            "auth_url", "auth_type", "username", "password", "user_domain_id", "project_name",
-            "project_domain_id",
-        )}
         return {
             "DEFAULT": {"auth_strategy": "keystone"},
-            "keystone_authtoken": authtoken,
-            "upstream_auth": upstream_auth,
+            "keystone_authtoken": self.keystone.authtoken_options(),
+            "upstream_auth": self.keystone.credentials(),
             "upstream": dict(upstream),
         }
 

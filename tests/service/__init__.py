@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import http.client
 import threading
-import time
 from dataclasses import dataclass, field
 
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
+
+from lab.polling import WaitTimeout, wait_until
 
 __all__ = ["Download", "Scrape", "scrape", "scrape_text", "wait_metric"]
 
@@ -65,16 +66,18 @@ def wait_metric(url: str, name: str, expected: float, timeout: float = 10.0,
                 **labels: str) -> Scrape:
     """Poll the scrape until ``name{labels} == expected`` (counters move after the
     bytes leave, so a client may finish reading a hair before they do)."""
-    deadline = time.monotonic() + timeout
-    while True:
+    current = scrape(url)
+
+    def settled() -> bool:
+        nonlocal current
         current = scrape(url)
-        if current.get(name, **labels) == expected:
-            return current
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"{name}{labels} is {current.get(name, **labels)}, expected {expected}"
-            )
-        time.sleep(0.05)
+        return current.get(name, **labels) == expected
+
+    try:
+        wait_until(settled, f"{name}{labels} == {expected}", timeout)
+    except WaitTimeout as exc:
+        raise WaitTimeout(f"{exc}; it is {current.get(name, **labels)}") from None
+    return current
 
 
 @dataclass

@@ -67,21 +67,10 @@ def keystone_glance(keystone_swift: KeystoneSwift) -> Iterator[LocalGlance]:
 
 def _edge_options(ks: KeystoneSwift) -> dict[str, dict[str, str]]:
     keystone = ks.keystone
-    admin = {
-        "auth_url": keystone.auth_url, "auth_type": "password", "username": "admin",
-        "password": keystone.admin_password, "user_domain_id": "default",
-        "project_name": "admin", "project_domain_id": "default",
-    }
     return {
         "DEFAULT": {"auth_strategy": "keystone"},
-        "keystone_authtoken": {
-            **admin, "www_authenticate_uri": keystone.auth_url,
-            "region_name": keystone.region, "memcached_servers": "",
-        },
-        "upstream_auth": {
-            **admin, "username": STORE_USER, "password": STORE_PASSWORD,
-            "project_name": STORE_PROJECT,
-        },
+        "keystone_authtoken": keystone.authtoken_options(),
+        "upstream_auth": keystone.credentials(STORE_USER, STORE_PASSWORD, STORE_PROJECT),
         "upstream": {"direct_stores": "true"},
     }
 

@@ -194,7 +194,8 @@ http {{
         self.start()
 
     def pids(self) -> list[int]:
-        return [self.daemon.pid] if self.daemon and self.daemon.running else []
+        pid = self.daemon.pid if self.daemon else None
+        return [] if pid is None else [pid]
 
 
 class VarnishPeer(Peer):
@@ -266,7 +267,8 @@ sub vcl_backend_response {{
         return done.stdout
 
     def pids(self) -> list[int]:
-        return [self.daemon.pid] if self.daemon and self.daemon.running else []
+        pid = self.daemon.pid if self.daemon else None
+        return [] if pid is None else [pid]
 
 
 class EdgecachePeer(Peer):

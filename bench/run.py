@@ -30,10 +30,11 @@ from bench.peers import (
     VarnishPeer,
     ensure_debian_packages,
 )
-from bench.procs import StartError, Trash
+from bench.procs import Trash
 from bench.scenarios import SCENARIOS, Scenario, Settings
 from lab.glance import LocalGlance, ensure_glance_venv
 from lab.ports import free_port
+from lab.procs import StartError
 from lab.units import GiB, MiB
 from lab.venvs import default_state_root
 

@@ -36,11 +36,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.procs import Daemon, wait_http
-from lab.glance import default_state_root, ensure_venv, free_port
+from lab.edgecache import EdgecacheProcess
+from lab.glance import ensure_glance_venv
 from lab.keystone import KeystoneGlance, LocalKeystone, ensure_keystone_venv
+from lab.venvs import default_state_root
 
-REPO = Path(__file__).resolve().parents[1]
 PASSWORD = "bench-pw"
 VARIANTS = (
     ("noauth-warm", "noauth", 3600),
@@ -48,36 +48,6 @@ VARIANTS = (
     ("keystone-warm", "keystone", 3600),
     ("keystone-cold", "keystone", 0),
 )
-
-
-def _config(
-    workdir: Path, port: int, glance: str, keystone: LocalKeystone, strategy: str, ttl: int
-) -> Path:
-    auth = keystone.auth_url
-    text = f"""[DEFAULT]
-bind_host = 127.0.0.1
-bind_port = {port}
-auth_strategy = {strategy}
-[cache]
-directory = {workdir / "cache"}
-max_size = 1G
-[upstream]
-glance_endpoints = {glance}
-auth_cache_ttl = {ttl}
-[keystone_authtoken]
-www_authenticate_uri = {auth}
-auth_url = {auth}
-auth_type = password
-username = admin
-password = {keystone.admin_password}
-user_domain_id = default
-project_name = admin
-project_domain_id = default
-memcached_servers =
-"""
-    path = workdir / "edgecache.conf"
-    path.write_text(text)
-    return path
 
 
 def _percentile(samples: list[float], fraction: float) -> float:
@@ -108,11 +78,11 @@ def _time_hits(port: int, path: str, token: str, count: int, size: int) -> list[
 
 def run(requests: int, size: int) -> dict[str, Any]:
     root = default_state_root()
-    ks_venv, glance_venv = ensure_keystone_venv(root), ensure_venv(root)
+    ks_venv, glance_venv = ensure_keystone_venv(root), ensure_glance_venv(root)
     scratch = Path(tempfile.mkdtemp(prefix="auth-latency-", dir=root))
     keystone = LocalKeystone(scratch / "keystone", ks_venv)
     glance = KeystoneGlance(scratch / "glance", glance_venv, flavor="keystone", keystone=keystone)
-    daemons: list[Daemon] = []
+    daemons: list[EdgecacheProcess] = []
     try:
         keystone.start()
         project = keystone.create_project("bench")
@@ -123,19 +93,15 @@ def run(requests: int, size: int) -> dict[str, Any]:
         path = f"/v2/images/{image['id']}/file"
         results: dict[str, Any] = {}
         for name, strategy, ttl in VARIANTS:
-            workdir = scratch / name
-            workdir.mkdir()
-            port = free_port()
-            conf = _config(workdir, port, glance.url, keystone, strategy, ttl)
-            daemon = Daemon(
-                [sys.executable, "-m", "edgecache", "serve", "--config-file", str(conf)],
-                workdir / "edgecache.log",
-                env={**os.environ, "PYTHONPATH": str(REPO)},
+            daemon = EdgecacheProcess(
+                scratch / name, glance_endpoints=[glance.url], auth_cache_ttl=ttl,
+                stall_time=None, start_timeout=60,
+                options={"DEFAULT": {"auth_strategy": strategy},
+                         "keystone_authtoken": keystone.authtoken_options()},
             )
             daemons.append(daemon)
             daemon.start()
-            wait_http(f"http://127.0.0.1:{port}/versions", 60, alive=daemon)
-            samples = _time_hits(port, path, token, requests, size)
+            samples = _time_hits(daemon.port, path, token, requests, size)
             daemon.stop()
             results[name] = {
                 "median_ms": statistics.median(samples) * 1000,

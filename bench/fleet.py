@@ -21,11 +21,11 @@ import uuid
 from contextlib import ExitStack
 from pathlib import Path
 
-from lab.glance import LocalGlance, default_state_root, ensure_venv
-from tests.support.daemon import Daemon
+from lab.edgecache import EdgecacheProcess
+from lab.glance import LocalGlance, ensure_glance_venv
+from lab.units import MiB
+from lab.venvs import default_state_root
 from tests.support.relay import Relay
-
-MiB = 1 << 20
 
 
 def _download(url: str, path: str) -> tuple[int, str]:
@@ -36,7 +36,7 @@ def _download(url: str, path: str) -> tuple[int, str]:
         conn.request("GET", path)
         response = conn.getresponse()
         digest = hashlib.sha512()
-        while chunk := response.read(1 << 20):
+        while chunk := response.read(MiB):
             digest.update(chunk)
         return response.status, digest.hexdigest()
     finally:
@@ -69,12 +69,12 @@ def site_traffic(glance: LocalGlance, images: _Images, work: Path, edges: int, b
     with ExitStack() as stack:
         upstream = [glance.url]
         if regional:
-            tier = stack.enter_context(
-                Daemon(work / uuid.uuid4().hex, glance_endpoints=[glance.url], max_size="4G"))
+            tier = stack.enter_context(EdgecacheProcess(
+                work / uuid.uuid4().hex, glance_endpoints=[glance.url], max_size="4G"))
             upstream = [tier.url]
         nodes = [
             stack.enter_context(
-                Daemon(work / uuid.uuid4().hex, glance_endpoints=upstream, max_size="4G"))
+                EdgecacheProcess(work / uuid.uuid4().hex, glance_endpoints=upstream, max_size="4G"))
             for _ in range(edges)
         ]
         started = time.monotonic()
@@ -96,7 +96,7 @@ def resume_cost(glance: LocalGlance, images: _Images, work: Path, size: int, rou
     for _ in range(rounds):
         for label, cuts in cases:
             path, digest = images.new(size)
-            with Relay(glance.url) as relay, Daemon(
+            with Relay(glance.url) as relay, EdgecacheProcess(
                 work / uuid.uuid4().hex, glance_endpoints=[relay.url], max_size="4G"
             ) as edge:
                 relay.cut_next(*cuts)
@@ -121,7 +121,7 @@ def main() -> None:
     root = default_state_root()
     state = root / "bench" / f"fleet-{uuid.uuid4().hex[:6]}"
     work = Path(tempfile.mkdtemp(prefix="edgecache-fleet-"))
-    glance = LocalGlance(state, ensure_venv(root), flavor="")
+    glance = LocalGlance(state, ensure_glance_venv(root), flavor="")
     try:
         glance.start()
         images = _Images(glance, work)

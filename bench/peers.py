@@ -16,12 +16,15 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench.procs import Daemon, StartError, Trash, wait_http
+from bench.procs import Trash
+from lab.edgecache import EdgecacheProcess
+from lab.httpclient import status_of
+from lab.procs import Process, StartError
+from lab.units import MiB
 
 if TYPE_CHECKING:
     from lab.glance import LocalGlance
 
-GiB = 1 << 30
 
 
 class Peer:
@@ -50,6 +53,10 @@ class Peer:
     def pids(self) -> list[int]:
         """Root pids of the processes whose memory counts for this peer."""
         raise NotImplementedError
+
+    def answers(self) -> bool:
+        """True once something answers HTTP at the peer's URL (any status)."""
+        return status_of(self.url + "/") is not None
 
     @property
     def file_url(self) -> str:
@@ -114,7 +121,7 @@ class NginxPeer(Peer):
     def __init__(self, root: Path, origin: LocalGlance, image_id: str, port: int, trash: Trash):
         super().__init__(image_id, origin)
         self.root, self.port, self.trash = root, port, trash
-        self.daemon: Daemon | None = None
+        self.daemon: Process | None = None
 
     @property
     def url(self) -> str:
@@ -172,9 +179,9 @@ http {{
         conf = self.root / "nginx.conf"
         conf.write_text(self._config())
         argv = ["nginx", "-p", str(self.root), "-c", str(conf), "-e", str(self.root / "error.log")]
-        self.daemon = Daemon(argv, self.root / "stdout.log")
+        self.daemon = Process(argv, log=self.root / "stdout.log", name="nginx", start_timeout=15,
+                              stop_timeout=20, ready=self.answers)
         self.daemon.start()
-        wait_http(self.url + "/", 15, self.daemon)
 
     def stop(self) -> None:
         if self.daemon:
@@ -188,7 +195,7 @@ http {{
 
     def pids(self) -> list[int]:
         pid = self.daemon.pid if self.daemon else None
-        return [pid] if pid else []
+        return [] if pid is None else [pid]
 
 
 class VarnishPeer(Peer):
@@ -201,7 +208,7 @@ class VarnishPeer(Peer):
     ):
         super().__init__(image_id, origin)
         self.root, self.port, self.admin_port, self.ram = root, port, admin_port, ram
-        self.daemon: Daemon | None = None
+        self.daemon: Process | None = None
 
     @property
     def url(self) -> str:
@@ -238,11 +245,11 @@ sub vcl_backend_response {{
             "-T", f"127.0.0.1:{self.admin_port}",
             "-S", str(secret),
             "-f", str(self.root / "default.vcl"),
-            "-s", f"malloc,{self.ram // (1 << 20)}M",
+            "-s", f"malloc,{self.ram // MiB}M",
         ]  # fmt: skip
-        self.daemon = Daemon(argv, self.root / "varnishd.log")
+        self.daemon = Process(argv, log=self.root / "varnishd.log", name="varnishd",
+                              start_timeout=30, stop_timeout=20, ready=self.answers)
         self.daemon.start()
-        wait_http(self.url + "/", 30, self.daemon)
 
     def stop(self) -> None:
         if self.daemon:
@@ -261,7 +268,7 @@ sub vcl_backend_response {{
 
     def pids(self) -> list[int]:
         pid = self.daemon.pid if self.daemon else None
-        return [pid] if pid else []
+        return [] if pid is None else [pid]
 
 
 class EdgecachePeer(Peer):
@@ -282,36 +289,22 @@ class EdgecachePeer(Peer):
         self.name = name
         self.root, self.port, self.trash, self.executable = root, port, trash, executable
         self.also_empty = also_empty  # a caching Glance behind it: empty both for a cold miss
-        self.daemon: Daemon | None = None
+        self.daemon: EdgecacheProcess | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def _config(self) -> str:
-        return f"""[DEFAULT]
-bind_host = 127.0.0.1
-bind_port = {self.port}
-auth_strategy = noauth
-
-[cache]
-directory = {self.root / "cache"}
-max_size = 20G
-
-[upstream]
-glance_endpoints = {str(self.origin.url).rstrip("/")}
-"""
-
     def start(self) -> None:
         if not self.executable.exists():
             raise StartError(f"{self.executable} not found")
-        self.root.mkdir(parents=True, exist_ok=True)
-        conf = self.root / "edgecache.conf"
-        conf.write_text(self._config())
-        argv = [str(self.executable), "serve", "--config-file", str(conf)]
-        self.daemon = Daemon(argv, self.root / "edgecache.log")
+        self.daemon = EdgecacheProcess(
+            self.root, glance_endpoints=[str(self.origin.url)], max_size="20G",
+            stall_time=None, auth_cache_ttl=None, bind_port=self.port, start_timeout=30,
+            command=[str(self.executable)],
+        )
         self.daemon.start()
-        status = wait_http(self.url + "/metrics", 30, self.daemon)
+        status = status_of(self.url + "/metrics")
         if status != 200:
             self.stop()
             raise StartError(f"GET /metrics answered {status}")
@@ -328,8 +321,7 @@ glance_endpoints = {str(self.origin.url).rstrip("/")}
         self.start()
 
     def pids(self) -> list[int]:
-        pid = self.daemon.pid if self.daemon else None
-        return [pid] if pid else []
+        return [self.daemon.pid] if self.daemon and self.daemon.running else []
 
     def loop_lag_buckets(self) -> dict[float, float] | None:
         """`edgecache_event_loop_lag_seconds` buckets from /metrics (a 10 ms timer's lateness)."""

@@ -30,11 +30,14 @@ from bench.peers import (
     VarnishPeer,
     ensure_debian_packages,
 )
-from bench.procs import StartError, Trash
+from bench.procs import Trash
 from bench.scenarios import SCENARIOS, Scenario, Settings
-from lab.glance import LocalGlance, default_state_root, ensure_venv, free_port
+from lab.glance import LocalGlance, ensure_glance_venv
+from lab.ports import free_port
+from lab.procs import StartError
+from lab.units import GiB, MiB
+from lab.venvs import default_state_root
 
-GiB, MiB = 1 << 30, 1 << 20
 ALL_PEERS = ("glance", "nginx", "varnish", "glance-cache", "edgecache", "edgecache-gc")
 DEFAULT_PEERS = ("glance", "nginx", "varnish", "glance-cache", "edgecache")
 REPO = Path(__file__).resolve().parents[1]
@@ -147,7 +150,7 @@ class Bench:
         self.stack.close()
 
     def _glance(self, name: str, flavor: str, close_connections: bool, threads: int) -> LocalGlance:
-        venv = ensure_venv(default_state_root())
+        venv = ensure_glance_venv(default_state_root())
         glance = LocalGlance(
             self.state / name,
             venv,

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from bench.clients import Batch, curl_many, paced_gets
 from bench.peers import Peer
 from bench.procs import RssSampler
+from lab.units import MiB
 
-MiB = 1 << 20
 Figures = dict[str, float | None]
 
 

@@ -11,16 +11,16 @@ import hashlib
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
-from lab.glance import LocalGlance, default_state_root, ensure_venv, free_port
+from lab.edgecache import EdgecacheProcess
+from lab.glance import LocalGlance, ensure_glance_venv
+from lab.units import MiB
+from lab.venvs import default_state_root
 
-_SAMPLE_SIZE = 256 << 20
+_SAMPLE_SIZE = 256 * MiB
 
 
 def _sample_image(path: Path, size: int) -> None:
@@ -29,22 +29,9 @@ def _sample_image(path: Path, size: int) -> None:
     with open(path, "wb") as out:
         remaining = size
         while remaining:
-            chunk = os.urandom(min(remaining, 4 << 20))
+            chunk = os.urandom(min(remaining, 4 * MiB))
             out.write(chunk)
             remaining -= len(chunk)
-
-
-def _wait_until_up(url: str, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"edgecache exited with status {process.returncode}")
-        try:
-            with urllib.request.urlopen(url + "/versions", timeout=2):
-                return
-        except (urllib.error.URLError, ConnectionError):
-            time.sleep(0.1)
-    raise RuntimeError("edgecache did not start in time")
 
 
 def _download(url: str, expected_sha512: str) -> tuple[float, int, float]:
@@ -54,7 +41,7 @@ def _download(url: str, expected_sha512: str) -> tuple[float, int, float]:
     first_byte = 0.0
     total = 0
     with urllib.request.urlopen(url, timeout=120) as response:
-        while chunk := response.read(1 << 20):
+        while chunk := response.read(MiB):
             if not total:
                 first_byte = time.monotonic() - started
             digest.update(chunk)
@@ -70,37 +57,26 @@ def run(*, size: int = _SAMPLE_SIZE, keep_running: bool = False) -> None:
     demo_dir = root / "demo"
     demo_dir.mkdir(parents=True, exist_ok=True)
     print(f"state directory: {demo_dir}")
-    venv = ensure_venv(root)
+    venv = ensure_glance_venv(root)
     glance = LocalGlance(state_dir=demo_dir / "glance", venv=venv)
     print("starting Glance (noauth, sqlite, file store) ...")
     glance.start()
-    edgecache: subprocess.Popen[bytes] | None = None
+    edgecache: EdgecacheProcess | None = None
     try:
         sample = demo_dir / "sample.img"
         _sample_image(sample, size)
         image = glance.create_image(sample, name="edgecache-demo")
         image_id = str(image["id"])
         expected = str(image["os_hash_value"])
-        print(f"Glance at {glance.url}; uploaded image {image_id} ({size >> 20} MiB)")
+        print(f"Glance at {glance.url}; uploaded image {image_id} ({size // MiB} MiB)")
 
-        port = free_port()
-        cache_dir = demo_dir / "cache"
-        shutil.rmtree(cache_dir, ignore_errors=True)  # every demo starts cold
-        conf = demo_dir / "edgecache.conf"
-        conf.write_text(
-            "[DEFAULT]\n"
-            f"bind_host = 127.0.0.1\nbind_port = {port}\nauth_strategy = noauth\n"
-            f"[cache]\ndirectory = {cache_dir}\nmax_size = 4G\n"
-            f"[upstream]\nglance_endpoints = {glance.url}\n"
-        )
-        url = f"http://127.0.0.1:{port}"
-        log = open(demo_dir / "edgecache.log", "wb")  # noqa: SIM115 - lives as long as the child
-        edgecache = subprocess.Popen(
-            [sys.executable, "-m", "edgecache", "serve", "--config-file", str(conf)],
-            stdout=log, stderr=subprocess.STDOUT,
-        )
-        _wait_until_up(url, edgecache)
-        print(f"edgecache at {url} (config {conf}, log {log.name})")
+        shutil.rmtree(demo_dir / "edgecache" / "cache", ignore_errors=True)  # start cold
+        edgecache = EdgecacheProcess(
+            demo_dir / "edgecache", glance_endpoints=[glance.url], max_size="4G",
+            stall_time=None, auth_cache_ttl=None, start_timeout=30,
+        ).start()
+        url = edgecache.url
+        print(f"edgecache at {url} (config {edgecache.config_file}, log {edgecache.log})")
         file_url = f"{url}/v2/images/{image_id}/file"
         for label in ("miss", "hit"):
             seconds, total, first = _download(file_url, expected)
@@ -122,12 +98,7 @@ def run(*, size: int = _SAMPLE_SIZE, keep_running: bool = False) -> None:
             signal.sigwait({signal.SIGINT, signal.SIGTERM})
     finally:
         if edgecache is not None:
-            edgecache.terminate()
-            try:
-                edgecache.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                edgecache.kill()
-                edgecache.wait()
+            edgecache.stop(timeout=20)
         glance.stop()
 
 
@@ -135,12 +106,12 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m lab.demo", description=__doc__)
-    parser.add_argument("--size-mib", type=int, default=_SAMPLE_SIZE >> 20,
+    parser.add_argument("--size-mib", type=int, default=_SAMPLE_SIZE // MiB,
                         help="size of the sample image (default %(default)s)")
     parser.add_argument("--keep-running", action="store_true",
                         help="keep Glance and edgecache up until Ctrl-C")
     args = parser.parse_args(argv)
-    run(size=args.size_mib << 20, keep_running=args.keep_running)
+    run(size=args.size_mib * MiB, keep_running=args.keep_running)
 
 
 if __name__ == "__main__":

@@ -5,49 +5,48 @@ upstream rather than a fake, so that edgecache is exercised against the real
 protocol quirks (close-delimited cache-miss bodies, 204 for queued images, ...).
 
 Glance pins far too many packages to share edgecache's environment, so it gets a
-virtualenv of its own (:func:`ensure_venv`).  :class:`LocalGlance` then writes a
+virtualenv of its own (:func:`ensure_glance_venv`).  :class:`LocalGlance` then writes a
 throw-away configuration (sqlite database, file store, no authentication) and runs
 ``glance.wsgi.api:application`` under uWSGI, because Glance 33 no longer ships a
 standalone server.
-
-Only the standard library is used here: this module must work before (and
-independently of) anything else being installed.
 
 Run ``python -m lab.glance [flavor [port]]`` for a Glance to poke at by hand.
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import fcntl
 import hashlib
-import http.client
 import json
-import os
 import re
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
-from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
+import psutil
+
+from lab.httpclient import Response, request
+from lab.logs import say, tail, tails
+from lab.polling import WaitTimeout, wait_until
+from lab.ports import LOOPBACK, on_free_port
+from lab.procs import alive, child_env, group_pids
+from lab.units import MiB
+from lab.uwsgi import UwsgiApp, uwsgi_ini
+from lab.venvs import VenvSpec, default_state_root, ensure_venv
+
 __all__ = [
     "FLAVORS",
+    "GLANCE_VENV",
     "GLANCE_VERSION",
     "GlanceHTTPError",
     "LocalGlance",
     "RequestRecord",
-    "Response",
-    "default_state_root",
-    "ensure_venv",
-    "free_port",
+    "ensure_glance_venv",
+    "oslo_value",
     "sha512_file",
 ]
 
@@ -59,219 +58,24 @@ PYUWSGI_REQUIREMENT = "pyuwsgi>=2.0.28,<2.1"
 # swift store is configured (:attr:`LocalGlance.swift_auth_address`).
 SWIFTCLIENT_REQUIREMENT = "python-swiftclient>=3.2.0"
 FLAVORS = ("", "caching", "cachemanagement")
+GLANCE_VENV = VenvSpec(
+    name="venv-glance",
+    requirements=(f"glance=={GLANCE_VERSION}", PYUWSGI_REQUIREMENT, SWIFTCLIENT_REQUIREMENT),
+    scripts=("uwsgi", "glance-manage"),
+    only_binary=("pyuwsgi",),
+)
 
-_VENV_NAME = "venv-glance"
-_READY_MARKER = ".edgecache-ready"
 _LOG_TAIL_LINES = 40
-_STOP_GRACE_SECONDS = 20.0
-_CHUNK = 1 << 20
 # Prefix of our request-log lines, so that stray output in the file is never counted.
 _REQ_TAG = "EDGECACHE-REQ"
-_APP_READY = re.compile(r"WSGI app \d+ \(mountpoint='[^']*'\) ready in .* pid: (\d+)")
 _REQ_LINE = re.compile(
     rf"^{_REQ_TAG} (?P<method>\S+) (?P<uri>\S+) (?P<status>\d+) (?P<size>\d+) (?P<msecs>\d+)$"
 )
-# Interpreter variables that would make the Glance venv's Python import the wrong code.
-_FOREIGN_ENV = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PIP_USER", "__PYVENV_LAUNCHER__")
 
 
-def _say(message: str) -> None:
-    print(f"[localglance] {message}", file=sys.stderr, flush=True)
-
-
-def default_state_root() -> Path:
-    """Where venvs and scratch state live when the caller does not say.
-
-    A checkout keeps everything in its git-ignored ``.state`` so that a developer
-    can inspect or delete it; an installed package falls back to the user cache.
-    """
-    env = os.environ.get("EDGECACHE_STATE_DIR")
-    if env:
-        return Path(env).expanduser().resolve()
-    repo = Path(__file__).resolve().parents[1]
-    if (repo / "pyproject.toml").is_file():
-        return repo / ".state"
-    return Path.home() / ".cache" / "edgecache"
-
-
-# --------------------------------------------------------------------------- venv
-
-
-def _child_env(venv: Path | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _FOREIGN_ENV}
-    env.pop("VIRTUAL_ENV", None)
-    if venv is not None:
-        env["VIRTUAL_ENV"] = str(venv)
-        env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', os.defpath)}"
-    return env
-
-
-def _run_logged(cmd: list[str], env: Mapping[str, str], what: str) -> None:
-    """Run ``cmd``, echoing its output to stderr; raise with the tail on failure.
-
-    Output goes through Python rather than straight to fd 2 so that it also works
-    when ``sys.stderr`` is replaced (pytest's capsys has no file descriptor).
-    """
-    tail: deque[str] = deque(maxlen=_LOG_TAIL_LINES)
-    with subprocess.Popen(
-        cmd,
-        env=dict(env),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        errors="replace",
-    ) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            tail.append(line.rstrip("\n"))
-            sys.stderr.write(line)
-        rc = proc.wait()
-    if rc != 0:
-        raise RuntimeError(f"{what} failed (exit {rc}):\n" + "\n".join(tail))
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Serialise provisioning between processes (e.g. parallel test workers)."""
-    with path.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _venv_stamp() -> str:
-    major, minor = sys.version_info[:2]
-    return (
-        f"glance=={GLANCE_VERSION} {PYUWSGI_REQUIREMENT} {SWIFTCLIENT_REQUIREMENT}"
-        f" python{major}.{minor}\n"
-    )
-
-
-def _venv_ready(venv: Path) -> bool:
-    marker = venv / _READY_MARKER
-    return (
-        marker.is_file()
-        and marker.read_text() == _venv_stamp()
-        # exists() follows the symlink: a removed base interpreter means rebuild.
-        and (venv / "bin" / "python").exists()
-        and (venv / "bin" / "uwsgi").is_file()
-        and (venv / "bin" / "glance-manage").is_file()
-    )
-
-
-def ensure_venv(root: Path) -> Path:
-    """Return ``root/venv-glance`` with Glance and pyuwsgi installed, creating it if needed.
-
-    The marker file is written only after pip succeeded, so an interrupted or failed
-    install is thrown away and redone on the next call instead of being trusted.
-    Only PyPI (or whatever pip is configured with) is needed.
-    """
-    root = Path(root).resolve()
-    venv = root / _VENV_NAME
-    if _venv_ready(venv):
-        return venv
-    root.mkdir(parents=True, exist_ok=True)
-    with _file_lock(root / f".{_VENV_NAME}.lock"):
-        if _venv_ready(venv):  # another process finished it while we waited
-            return venv
-        if not sys.executable:
-            raise RuntimeError("cannot create a venv: sys.executable is unknown")
-        started = time.monotonic()
-        if venv.exists():
-            _say(f"removing incomplete or outdated {venv}")
-            shutil.rmtree(venv)
-        _say(f"creating {venv} with {sys.executable}")
-        _run_logged([sys.executable, "-m", "venv", str(venv)], _child_env(), "venv creation")
-        _say(f"installing glance=={GLANCE_VERSION}, pyuwsgi and swiftclient (takes ~20-40 s)")
-        _run_logged(
-            [
-                str(venv / "bin" / "python"),
-                "-m",
-                "pip",
-                "install",
-                "--progress-bar",
-                "off",
-                "--only-binary",
-                "pyuwsgi",
-                f"glance=={GLANCE_VERSION}",
-                PYUWSGI_REQUIREMENT,
-                SWIFTCLIENT_REQUIREMENT,
-            ],
-            _child_env(venv),
-            "pip install of glance",
-        )
-        (venv / _READY_MARKER).write_text(_venv_stamp())
-        _say(f"{venv} ready in {time.monotonic() - started:.1f} s")
-    return venv
-
-
-# ------------------------------------------------------------------ processes
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the kernel picks it).
-
-    There is an unavoidable race until the server binds it; :meth:`LocalGlance.start`
-    retries with a new port when it loses that race.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state letter, process group) of ``pid`` from /proc, or None if it is gone."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    # The command name is in parentheses and may itself contain spaces or ')'.
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return fields[0], int(fields[2])
-
-
-def _alive(pid: int) -> bool:
-    """True if ``pid`` runs; a zombie does not count (``kill -0`` would say it does)."""
-    stat = _proc_stat(pid)
-    return stat is not None and stat[0] not in ("Z", "X")
-
-
-def _group_pids(pgid: int) -> list[int]:
-    """Live (non-zombie) processes whose process group is ``pgid``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        stat = _proc_stat(int(entry.name))
-        if stat is not None and stat[1] == pgid and stat[0] not in ("Z", "X"):
-            found.append(int(entry.name))
-    return sorted(found)
-
-
-def _tail(path: Path, lines: int, start: int = 0) -> list[str]:
-    try:
-        with path.open("rb") as fh:
-            fh.seek(start)
-            data = fh.read()
-    except FileNotFoundError:
-        return []
-    return data.decode("utf-8", "replace").splitlines()[-lines:]
-
-
-# ----------------------------------------------------------------------- HTTP
-
-
-class Response(NamedTuple):
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
+def ensure_glance_venv(root: Path) -> Path:
+    """``root/venv-glance`` with Glance, pyuwsgi and swiftclient, built if needed."""
+    return ensure_venv(root, GLANCE_VENV)
 
 
 class RequestRecord(NamedTuple):
@@ -295,12 +99,10 @@ class GlanceHTTPError(RuntimeError):
         self.response = response
 
 
-# ------------------------------------------------------------------ LocalGlance
-
-
-def _oslo(value: object) -> str:
-    # oslo.config expands "$name"; a literal dollar in a path has to be doubled.
+def oslo_value(value: object) -> str:
+    """``value`` for an oslo.config file: it expands "$name", so a literal dollar is doubled."""
     return str(value).replace("$", "$$")
+
 
 
 @dataclass
@@ -328,8 +130,8 @@ class LocalGlance:
     swift_auth_address: str | None = None
     swift_user: str | None = None
     swift_key: str | None = None
-    _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
-    _log_offset: int = field(default=0, init=False, repr=False)
+    _server: UwsgiApp | None = field(default=None, init=False, repr=False)
+    _master: int | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.flavor not in FLAVORS:
@@ -377,14 +179,12 @@ class LocalGlance:
     # -- state ----------------------------------------------------------------
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{LOOPBACK}:{self.port}"
 
     @property
     def pid(self) -> int | None:
         """The uWSGI master's pid while it runs, else None."""
-        if self._proc is None or self._proc.poll() is not None:
-            return None
-        return self._proc.pid
+        return None if self._server is None else self._server.pid
 
     @property
     def running(self) -> bool:
@@ -392,18 +192,11 @@ class LocalGlance:
 
     def process_group(self) -> list[int]:
         """Live pids of this instance (master and workers); empty once stopped."""
-        if self._proc is None:
-            return []
-        return _group_pids(self._proc.pid)
+        return [] if self._master is None else group_pids(self._master)
 
     def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
         """The last lines of the uWSGI log and of Glance's own log, for error messages."""
-        parts = []
-        for path in (self.uwsgi_log, self.api_log):
-            tail = _tail(path, lines)
-            if tail:
-                parts.append(f"--- {path} (last {len(tail)} lines)\n" + "\n".join(tail))
-        return "\n".join(parts) or "(no log output)"
+        return tails([self.uwsgi_log, self.api_log], lines)
 
     # -- configuration ----------------------------------------------------------
     def _store_options(self) -> str:
@@ -416,9 +209,9 @@ class LocalGlance:
                 "stores = file,swift",
                 "default_store = swift",
                 "swift_store_auth_version = 3",
-                f"swift_store_auth_address = {_oslo(self.swift_auth_address)}",
-                f"swift_store_user = {_oslo(self.swift_user)}",
-                f"swift_store_key = {_oslo(self.swift_key)}",
+                f"swift_store_auth_address = {oslo_value(self.swift_auth_address)}",
+                f"swift_store_user = {oslo_value(self.swift_user)}",
+                f"swift_store_key = {oslo_value(self.swift_key)}",
                 "swift_store_container = glance",
                 "swift_store_create_container_on_put = true",
             ]
@@ -441,34 +234,34 @@ class LocalGlance:
         (etc / "glance-api.conf").write_text(
             f"""\
 [DEFAULT]
-image_cache_dir = {_oslo(data / "cache")}
+image_cache_dir = {oslo_value(data / "cache")}
 image_cache_driver = centralized_db
 image_cache_max_size = 10737418240
 worker_self_reference_url = {self.url}
 enabled_import_methods = []
-node_staging_uri = file://{_oslo(data / "staging")}
+node_staging_uri = file://{oslo_value(data / "staging")}
 show_multiple_locations = {self.show_multiple_locations}
-log_file = {_oslo(self.api_log)}
+log_file = {oslo_value(self.api_log)}
 debug = false
 
 [database]
-connection = sqlite:///{_oslo(data / "glance.sqlite")}
+connection = sqlite:///{oslo_value(data / "glance.sqlite")}
 
 [glance_store]
 {self._store_options()}
-filesystem_store_datadir = {_oslo(data / "images")}
+filesystem_store_datadir = {oslo_value(data / "images")}
 
 [paste_deploy]
 flavor = {self.flavor}
-config_file = {_oslo(etc / "glance-api-paste.ini")}
+config_file = {oslo_value(etc / "glance-api-paste.ini")}
 
 [oslo_policy]
-policy_file = {_oslo(etc / "policy.yaml")}
+policy_file = {oslo_value(etc / "policy.yaml")}
 enforce_new_defaults = false
 enforce_scope = false
 
 [oslo_concurrency]
-lock_path = {_oslo(self.run_dir)}
+lock_path = {oslo_value(self.run_dir)}
 """
         )
 
@@ -509,44 +302,29 @@ lock_path = {_oslo(self.run_dir)}
 
         if self.close_connections:
             # devstack's setup: faster cache misses, no keep-alive.
-            socket_lines = f"http-socket = 127.0.0.1:{self.port}\nadd-header = Connection: close\n"
+            socket_lines = f"http-socket = {LOOPBACK}:{self.port}\nadd-header = Connection: close\n"
         else:
-            socket_lines = f"http11-socket = 127.0.0.1:{self.port}\n"
-        # die-on-term + the master-start hook turn SIGTERM into a graceful shutdown.
-        # need-app makes a broken configuration exit instead of answering 500 forever.
+            socket_lines = f"http11-socket = {LOOPBACK}:{self.port}\n"
         # Request lines go to their own file in a fixed format for count_requests().
-        self._ini.write_text(
+        self._ini.write_text(uwsgi_ini(
+            "glance.wsgi.api:application", socket_lines, self.processes, self.threads,
             f"""\
-[uwsgi]
-module = glance.wsgi.api:application
-{socket_lines}master = true
-processes = {self.processes}
-threads = {self.threads}
-enable-threads = true
-lazy-apps = true
-need-app = true
-die-on-term = true
-hook-master-start = unix_signal:15 gracefully_kill_them_all
-thunder-lock = true
-buffer-size = 65535
 http-auto-chunked = true
 http-chunked-input = true
 http-raw-body = true
-worker-reload-mercy = 15
 env = OS_GLANCE_CONFIG_DIR={etc}
 pidfile = {self.pidfile}
 logto = {self.uwsgi_log}
 req-logger = file:{self.request_log_path}
 log-format = {_REQ_TAG} %(method) %(uri) %(status) %(size) %(msecs)
-"""
-        )
+""",
+        ))
 
     def _db_sync(self) -> None:
         """Create the schema once per state_dir (marker written after success)."""
         marker = self.data_dir / ".db-synced"
         if marker.is_file():
             return
-        env = _child_env(self.venv)
         cmd = [
             str(self.venv / "bin" / "glance-manage"),
             "--config-dir",
@@ -557,7 +335,7 @@ log-format = {_REQ_TAG} %(method) %(uri) %(status) %(size) %(msecs)
         ]
         done = subprocess.run(
             cmd,
-            env=env,
+            env=child_env(self.venv),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -566,7 +344,7 @@ log-format = {_REQ_TAG} %(method) %(uri) %(status) %(size) %(msecs)
         )
         if done.returncode != 0:
             out = done.stdout.decode("utf-8", "replace").splitlines()[-_LOG_TAIL_LINES:]
-            log = _tail(self.log_dir / "glance-manage.log", _LOG_TAIL_LINES)
+            log = tail(self.log_dir / "glance-manage.log", _LOG_TAIL_LINES)
             raise RuntimeError(
                 f"glance-manage db_sync failed (exit {done.returncode}):\n" + "\n".join(out + log)
             )
@@ -580,141 +358,60 @@ log-format = {_REQ_TAG} %(method) %(uri) %(status) %(size) %(msecs)
         except (FileNotFoundError, ValueError):
             return
         try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            cmdline = b""
+            cmdline = psutil.Process(pid).cmdline()
+        except psutil.Error:
+            cmdline = []
         # Only ours if its command line names our ini file (pids get reused).
-        if _alive(pid) and str(self._ini).encode() in cmdline:
-            _say(f"stopping stale uWSGI {pid} from {self.state_dir}")
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-            deadline = time.monotonic() + 5
-            while _alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
+        if alive(pid) and str(self._ini) in cmdline:
+            say("localglance", f"stopping stale uWSGI {pid} from {self.state_dir}")
+            with contextlib.suppress(psutil.Error):
+                for member in group_pids(pid):
+                    psutil.Process(member).kill()
+            with contextlib.suppress(WaitTimeout):
+                wait_until(lambda: not alive(pid), f"stale uWSGI {pid} to exit", 5)
         self.pidfile.unlink(missing_ok=True)
 
     def start(self, timeout: float = 60) -> None:
         """Write the configuration, create the database and run uWSGI until it serves.
 
-        Raises RuntimeError with the log tail when uWSGI exits, answers 500 (the
-        app failed to load) or is not ready within ``timeout`` seconds.
+        Raises an error with the log tail when uWSGI exits, answers 500 (the app
+        failed to load) or is not ready within ``timeout`` seconds. On a port
+        picked here that someone else took meanwhile, it retries on another.
         """
         if self.running:
             return
         if not (self.venv / "bin" / "uwsgi").is_file():
-            raise RuntimeError(f"no uwsgi in {self.venv}: call ensure_venv() first")
+            raise RuntimeError(f"no uwsgi in {self.venv}: call ensure_glance_venv() first")
         deadline = time.monotonic() + timeout
-        pick_port = self.port == 0
-        for attempt in range(3 if pick_port else 1):
-            if pick_port:
-                self.port = free_port()
+
+        def start_on(port: int) -> None:
+            self.port = port
             self._write_config()
             self._db_sync()
             self._kill_stale()
-            self._spawn()
-            try:
-                self._wait_ready(deadline)
-                atexit.register(self.stop)
-                return
-            except _PortTaken:
-                self.stop()
-                if attempt == 2 or not pick_port:
-                    raise RuntimeError(f"port {self.port} is in use\n{self.log_tail()}") from None
-                _say(f"port {self.port} was taken meanwhile, retrying")
-            except BaseException:
-                self.stop()
-                raise
-
-    def _spawn(self) -> None:
-        self.uwsgi_log.touch()
-        self._log_offset = self.uwsgi_log.stat().st_size
-        env = _child_env(self.venv)
-        # pyuwsgi runs inside an already started Python, so the ini's env= comes too
-        # late for Glance's config loader: export it here.
-        env["OS_GLANCE_CONFIG_DIR"] = str(self.etc_dir)
-        with self.uwsgi_log.open("ab") as log:
-            self._proc = subprocess.Popen(
-                [str(self.venv / "bin" / "uwsgi"), "--ini", str(self._ini)],
-                env=env,
-                cwd=self.state_dir,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # own process group: stop() can kill it whole
+            env = child_env(self.venv)
+            # pyuwsgi runs inside an already started Python, so the ini's env= comes
+            # too late for Glance's config loader: export it here.
+            env["OS_GLANCE_CONFIG_DIR"] = str(self.etc_dir)
+            self._server = UwsgiApp(
+                self.venv, self._ini, port=port, processes=self.processes, probe_path="/",
+                ready_status=300, log=self.uwsgi_log, name=f"Glance at {self.url}", env=env,
+                cwd=self.state_dir, extra_logs=(self.api_log,),
             )
+            self._server.spawn()
+            self._master = self._server.pid
+            self._server.wait_ready(max(0.0, deadline - time.monotonic()))
 
-    def _run_log(self) -> str:
-        return "\n".join(_tail(self.uwsgi_log, 10_000, self._log_offset))
-
-    def _wait_ready(self, deadline: float) -> None:
-        """Wait for GET / to answer 300 *and* every worker to have loaded Glance.
-
-        With lazy-apps each worker imports Glance itself, a few seconds after the
-        first one already answers.  Waiting for all of them makes timings repeatable
-        and avoids stopping a worker mid-load (see stop()).
-        """
-        assert self._proc is not None
-        bound = f"bound to TCP address 127.0.0.1:{self.port} "
-        answered = False
-        while True:
-            if self._proc.poll() is not None:
-                if "Address already in use" in self._run_log():
-                    raise _PortTaken
-                raise RuntimeError(
-                    f"uWSGI exited with {self._proc.returncode} during start\n{self.log_tail()}"
-                )
-            run_log = self._run_log()
-            # Only trust an answer once our own uWSGI has the port: something else
-            # could be listening there.
-            if not answered and bound in run_log:
-                try:
-                    status = self.request("GET", "/", timeout=2).status
-                except OSError:
-                    status = 0
-                if status == 500:
-                    raise RuntimeError(f"Glance failed to load (GET / -> 500)\n{self.log_tail()}")
-                answered = status == 300
-            if answered and len(set(_APP_READY.findall(run_log))) >= self.processes:
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"Glance not ready at {self.url} in time\n{self.log_tail()}")
-            time.sleep(0.1)
+        try:
+            on_free_port(self.port, start_on)
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         """Stop uWSGI gracefully, forcefully after 20 s, and reap it. Idempotent."""
-        atexit.unregister(self.stop)
-        proc = self._proc
-        if proc is None:
-            return
-        master = proc.pid  # with pyuwsgi the master is our child itself (= pidfile)
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(master, signal.SIGTERM)
-            deadline = time.monotonic() + _STOP_GRACE_SECONDS
-            while True:
-                try:
-                    proc.wait(1.0)
-                    break
-                except subprocess.TimeoutExpired:
-                    pass
-                if time.monotonic() >= deadline:
-                    _say(f"uWSGI {master} still running {_STOP_GRACE_SECONDS:.0f} s after SIGTERM")
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(master, signal.SIGKILL)
-                    proc.wait()  # reap, or it stays a zombie
-                    break
-                # A worker that was still importing Glance when the master broadcast
-                # the graceful SIGHUP ignored it, and the master would wait for it
-                # forever: repeat the signal to the workers that are left.
-                for pid in _group_pids(master):
-                    if pid != master:
-                        with contextlib.suppress(ProcessLookupError):
-                            os.kill(pid, signal.SIGHUP)
-        # Workers orphaned by a crashed master would live on; the group id stays
-        # reserved while any member exists, so this cannot hit a stranger.
-        if _group_pids(master):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(master, signal.SIGKILL)
+        if self._server is not None:
+            self._server.stop()
         self.pidfile.unlink(missing_ok=True)
 
     def __enter__(self) -> LocalGlance:
@@ -733,19 +430,8 @@ log-format = {_REQ_TAG} %(method) %(uri) %(status) %(size) %(msecs)
         headers: Mapping[str, str] | None = None,
         timeout: float = 120,
     ) -> Response:
-        """One request on a fresh connection; the whole body is read into memory.
-
-        http.client rather than urllib: no proxy variables from the environment,
-        no exceptions for 3xx/4xx, and a large block size for streamed uploads.
-        """
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout, blocksize=_CHUNK)
-        try:
-            conn.request(method, path, body=body, headers=dict(headers or {}))
-            resp = conn.getresponse()
-            data = resp.read()
-            return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data)
-        finally:
-            conn.close()
+        """One request on a fresh connection; the whole body is read into memory."""
+        return request(self.port, method, path, body, headers, timeout)
 
     def _expect(self, method: str, path: str, ok: tuple[int, ...], **kw: Any) -> Response:
         resp = self.request(method, path, **kw)
@@ -844,23 +530,21 @@ log-format = {_REQ_TAG} %(method) %(uri) %(status) %(size) %(msecs)
         either way (it may be higher, never waits for a lower one).
         """
         method = method.upper()
-        deadline = time.monotonic() + timeout
-        while True:
-            count = sum(1 for r in self.request_log() if r.method == method and r.path == path)
-            if at_least is None or count >= at_least or time.monotonic() >= deadline:
-                return count
-            time.sleep(0.05)
 
+        def count() -> int:
+            return sum(1 for r in self.request_log() if r.method == method and r.path == path)
 
-class _PortTaken(Exception):
-    """uWSGI could not bind the chosen port."""
+        if at_least is not None:
+            with contextlib.suppress(WaitTimeout):
+                wait_until(lambda: count() >= at_least, f"{at_least} {method} {path}", timeout)
+        return count()
 
 
 def sha512_file(path: Path) -> str:
     """Hex sha512 of a file, as Glance reports it in ``os_hash_value``."""
     digest = hashlib.sha512()
     with path.open("rb") as fh:
-        while chunk := fh.read(_CHUNK):
+        while chunk := fh.read(MiB):
             digest.update(chunk)
     return digest.hexdigest()
 
@@ -869,9 +553,10 @@ def _main(argv: list[str]) -> int:
     flavor = argv[0] if argv else ""
     port = int(argv[1]) if len(argv) > 1 else 9292
     root = default_state_root()
-    venv = ensure_venv(root)
+    venv = ensure_glance_venv(root)
     with LocalGlance(root / "glance-manual", venv, port=port, flavor=flavor) as glance:
-        _say(f"Glance {GLANCE_VERSION} (flavor {flavor!r}) at {glance.url}; Ctrl-C stops it")
+        say("localglance", f"Glance {GLANCE_VERSION} (flavor {flavor!r}) at {glance.url}; "
+            "Ctrl-C stops it")
         with contextlib.suppress(KeyboardInterrupt):
             while glance.running:
                 time.sleep(1)

@@ -10,22 +10,17 @@ uWSGI. :class:`KeystoneGlance` is a :class:`~lab.glance.LocalGlance`
 with the ``keystone`` paste flavor: ``authtoken`` validates every token against
 that Keystone and Glance's own default policies decide.
 
-Standard library only, like :mod:`lab.glance`.
+Its uWSGI runs like Glance's (:mod:`lab.uwsgi`).
 
 Run ``python -m lab.keystone`` for a Keystone and a Glance to poke at by hand.
 """
 
 from __future__ import annotations
 
-import atexit
 import base64
 import contextlib
-import http.client
 import json
 import os
-import re
-import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -34,54 +29,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from lab.glance import (
-    GlanceHTTPError,
-    LocalGlance,
-    Response,
-    _alive,
-    _child_env,
-    _file_lock,
-    _group_pids,
-    _oslo,
-    _run_logged,
-    _say,
-    _tail,
-    default_state_root,
-    ensure_venv,
-    free_port,
-)
+from lab.glance import GlanceHTTPError, LocalGlance, ensure_glance_venv, oslo_value
+from lab.httpclient import Response, request
+from lab.logs import say, tails
+from lab.ports import LOOPBACK, on_free_port
+from lab.procs import child_env, group_pids
+from lab.uwsgi import UwsgiApp, uwsgi_ini
+from lab.venvs import VenvSpec, default_state_root, ensure_venv
 
 __all__ = [
+    "KEYSTONE_VENV",
     "KEYSTONE_VERSION",
     "KeystoneGlance",
     "KeystoneHTTPError",
     "LocalKeystone",
     "ensure_keystone_venv",
+    "password_auth",
 ]
 
 KEYSTONE_VERSION = "30.0.0"
 PYUWSGI_REQUIREMENT = "pyuwsgi>=2.0.28,<2.1"
 KEYSTONE_FLAVORS = ("keystone", "keystone+caching", "keystone+cachemanagement")
+KEYSTONE_VENV = VenvSpec(
+    name="venv-keystone",
+    requirements=(f"keystone=={KEYSTONE_VERSION}", PYUWSGI_REQUIREMENT),
+    scripts=("uwsgi", "keystone-manage"),
+    only_binary=("pyuwsgi",),
+    expect="takes ~10-30 s",
+)
 
-_VENV_NAME = "venv-keystone"
-_READY_MARKER = ".edgecache-ready"
-_STOP_GRACE_SECONDS = 20.0
-_APP_READY = re.compile(r"WSGI app \d+ \(mountpoint='[^']*'\) ready in .* pid: (\d+)")
-
-# Runs inside the Keystone venv: Keystone's own application, loaded in-process
-# from a copy of the configuration that differs only in [token] expiration,
-# issues a token. Same database and fernet keys, so the running Keystone
-# accepts it, until it expires.
-_SHORT_TOKEN_SCRIPT = """\
-import json, sys
-from werkzeug.test import Client
-from keystone.server import wsgi
-body = json.loads(sys.stdin.read())
-answer = Client(wsgi.initialize_public_application()).post("/v3/auth/tokens", json=body)
-if answer.status_code != 201:
-    sys.exit(f"POST /v3/auth/tokens -> {answer.status_code}: {answer.get_data(as_text=True)}")
-print(answer.headers["X-Subject-Token"])
-"""
+_SHORT_TOKEN_SCRIPT = Path(__file__).resolve().parent / "scripts" / "keystone_short_token.py"
 
 
 class KeystoneHTTPError(RuntimeError):
@@ -93,75 +70,13 @@ class KeystoneHTTPError(RuntimeError):
         self.status = response.status
 
 
-def _venv_stamp() -> str:
-    major, minor = sys.version_info[:2]
-    return f"keystone=={KEYSTONE_VERSION} {PYUWSGI_REQUIREMENT} python{major}.{minor}\n"
-
-
-def _venv_ready(venv: Path) -> bool:
-    marker = venv / _READY_MARKER
-    return (
-        marker.is_file()
-        and marker.read_text() == _venv_stamp()
-        and (venv / "bin" / "python").exists()
-        and (venv / "bin" / "uwsgi").is_file()
-        and (venv / "bin" / "keystone-manage").is_file()
-    )
-
-
 def ensure_keystone_venv(root: Path) -> Path:
-    """Return ``root/venv-keystone`` with Keystone and pyuwsgi installed, creating it if needed.
-
-    As for Glance: the marker is written only after pip succeeded, so a broken
-    install is redone rather than trusted.
-    """
-    root = Path(root).resolve()
-    venv = root / _VENV_NAME
-    if _venv_ready(venv):
-        return venv
-    root.mkdir(parents=True, exist_ok=True)
-    with _file_lock(root / f".{_VENV_NAME}.lock"):
-        if _venv_ready(venv):
-            return venv
-        started = time.monotonic()
-        if venv.exists():
-            _say(f"removing incomplete or outdated {venv}")
-            shutil.rmtree(venv)
-        _say(f"creating {venv} with {sys.executable}")
-        _run_logged([sys.executable, "-m", "venv", str(venv)], _child_env(), "venv creation")
-        _say(f"installing keystone=={KEYSTONE_VERSION} and pyuwsgi (takes ~10-30 s)")
-        _run_logged(
-            [
-                str(venv / "bin" / "python"), "-m", "pip", "install", "--progress-bar", "off",
-                "--only-binary", "pyuwsgi", f"keystone=={KEYSTONE_VERSION}", PYUWSGI_REQUIREMENT,
-            ],
-            _child_env(venv),
-            "pip install of keystone",
-        )
-        (venv / _READY_MARKER).write_text(_venv_stamp())
-        _say(f"{venv} ready in {time.monotonic() - started:.1f} s")
-    return venv
+    """``root/venv-keystone`` with Keystone and pyuwsgi, built if needed."""
+    return ensure_venv(root, KEYSTONE_VENV)
 
 
-def _http(
-    port: int,
-    method: str,
-    path: str,
-    body: bytes | IO[bytes] | None = None,
-    headers: Mapping[str, str] | None = None,
-    timeout: float = 60,
-) -> Response:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request(method, path, body=body, headers=dict(headers or {}))
-        resp = conn.getresponse()
-        data = resp.read()
-        return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data)
-    finally:
-        conn.close()
-
-
-def _password_auth(user: str, password: str, project: str | None) -> dict[str, Any]:
+def password_auth(user: str, password: str, project: str | None) -> dict[str, Any]:
+    """The ``POST /v3/auth/tokens`` body for a password login, project-scoped if named."""
     auth: dict[str, Any] = {
         "identity": {
             "methods": ["password"],
@@ -173,34 +88,6 @@ def _password_auth(user: str, password: str, project: str | None) -> dict[str, A
     if project is not None:
         auth["scope"] = {"project": {"name": project, "domain": {"id": "default"}}}
     return {"auth": auth}
-
-
-def _stop_uwsgi(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the uWSGI master, SIGKILL its group after a grace period, reap it."""
-    master = proc.pid
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(master, signal.SIGTERM)
-        deadline = time.monotonic() + _STOP_GRACE_SECONDS
-        while True:
-            try:
-                proc.wait(1.0)
-                break
-            except subprocess.TimeoutExpired:
-                pass
-            if time.monotonic() >= deadline:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(master, signal.SIGKILL)
-                proc.wait()
-                break
-            # A worker still loading the app ignores the graceful signal: repeat it.
-            for pid in _group_pids(master):
-                if pid != master:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGHUP)
-    if _group_pids(master):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(master, signal.SIGKILL)
 
 
 @dataclass
@@ -218,8 +105,8 @@ class LocalKeystone:
     threads: int = 4
     admin_password: str = "labpass"
     region: str = "RegionOne"
-    _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
-    _log_offset: int = field(default=0, init=False, repr=False)
+    _server: UwsgiApp | None = field(default=None, init=False, repr=False)
+    _master: int | None = field(default=None, init=False, repr=False)
     _admin_token: tuple[str, float] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -253,34 +140,29 @@ class LocalKeystone:
 
     @property
     def pid(self) -> int | None:
-        if self._proc is None or self._proc.poll() is not None:
-            return None
-        return self._proc.pid
+        """The uWSGI master's pid while it runs, else None."""
+        return None if self._server is None else self._server.pid
 
     @property
     def running(self) -> bool:
         return self.pid is not None
 
     def process_group(self) -> list[int]:
-        return [] if self._proc is None else _group_pids(self._proc.pid)
+        """Live pids of this instance (master and workers); empty once stopped."""
+        return [] if self._master is None else group_pids(self._master)
 
     def log_tail(self, lines: int = 40) -> str:
-        parts = []
-        for path in (self.uwsgi_log, self.log_dir / "keystone.log"):
-            tail = _tail(path, lines)
-            if tail:
-                parts.append(f"--- {path}\n" + "\n".join(tail))
-        return "\n".join(parts) or "(no log output)"
+        return tails([self.uwsgi_log, self.log_dir / "keystone.log"], lines)
 
     # -- configuration ----------------------------------------------------------------
     def _conf_text(self, token_expiration: int = 3600) -> str:
         s = self.state_dir
         return f"""\
 [DEFAULT]
-log_file = {_oslo(self.log_dir / "keystone.log")}
+log_file = {oslo_value(self.log_dir / "keystone.log")}
 debug = false
 [database]
-connection = sqlite:///{_oslo(s / "keystone.sqlite")}
+connection = sqlite:///{oslo_value(s / "keystone.sqlite")}
 [identity]
 # bcrypt's cheapest cost: every password login hashes, and these are test users.
 password_hash_rounds = 4
@@ -288,39 +170,25 @@ password_hash_rounds = 4
 provider = fernet
 expiration = {token_expiration}
 [fernet_tokens]
-key_repository = {_oslo(s / "fernet-keys")}
+key_repository = {oslo_value(s / "fernet-keys")}
 [fernet_receipts]
-key_repository = {_oslo(s / "fernet-keys")}
+key_repository = {oslo_value(s / "fernet-keys")}
 [credential]
-key_repository = {_oslo(s / "credential-keys")}
+key_repository = {oslo_value(s / "credential-keys")}
 [oslo_concurrency]
-lock_path = {_oslo(self.run_dir)}
+lock_path = {oslo_value(self.run_dir)}
 """
 
     def _write_config(self) -> None:
         for sub in (self.etc_dir, self.log_dir, self.run_dir):
             sub.mkdir(parents=True, exist_ok=True)
         (self.etc_dir / "keystone.conf").write_text(self._conf_text())
-        (self.etc_dir / "keystone-uwsgi.ini").write_text(
-            f"""\
-[uwsgi]
-module = keystone.wsgi.api:application
-http11-socket = 127.0.0.1:{self.port}
-master = true
-processes = {self.processes}
-threads = {self.threads}
-enable-threads = true
-lazy-apps = true
-need-app = true
-die-on-term = true
-hook-master-start = unix_signal:15 gracefully_kill_them_all
-buffer-size = 65535
-worker-reload-mercy = 15
-pidfile = {self.run_dir / "uwsgi.pid"}
-logto = {self.uwsgi_log}
-disable-logging = true
-"""
-        )
+        (self.etc_dir / "keystone-uwsgi.ini").write_text(uwsgi_ini(
+            "keystone.wsgi.api:application", f"http11-socket = {LOOPBACK}:{self.port}\n",
+            self.processes, self.threads,
+            f"pidfile = {self.run_dir / 'uwsgi.pid'}\nlogto = {self.uwsgi_log}\n"
+            "disable-logging = true\n",
+        ))
 
     def _manage(self, *args: str) -> None:
         cmd = [
@@ -328,7 +196,7 @@ disable-logging = true
             "--config-file", str(self.etc_dir / "keystone.conf"), *args,
         ]
         done = subprocess.run(
-            cmd, env=_child_env(self.venv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            cmd, env=child_env(self.venv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, timeout=300, check=False,
         )
         if done.returncode != 0:
@@ -365,69 +233,33 @@ disable-logging = true
         if not (self.venv / "bin" / "uwsgi").is_file():
             raise RuntimeError(f"no uwsgi in {self.venv}: call ensure_keystone_venv() first")
         deadline = time.monotonic() + timeout
-        pick_port = self.port == 0
-        for attempt in range(3 if pick_port else 1):
-            if pick_port:
-                self.port = free_port()
+
+        def start_on(port: int) -> None:
+            self.port = port
             self._write_config()
             self._setup()
-            self._spawn()
-            try:
-                self._wait_ready(deadline)
-                atexit.register(self.stop)
-                return
-            except _PortTaken:
-                self.stop()
-                if attempt == 2 or not pick_port:
-                    raise RuntimeError(f"port {self.port} is in use\n{self.log_tail()}") from None
-            except BaseException:
-                self.stop()
-                raise
-
-    def _spawn(self) -> None:
-        self.uwsgi_log.touch()
-        self._log_offset = self.uwsgi_log.stat().st_size
-        env = _child_env(self.venv)
-        env["OS_KEYSTONE_CONFIG_DIR"] = str(self.etc_dir)
-        with self.uwsgi_log.open("ab") as log:
-            self._proc = subprocess.Popen(
-                [str(self.venv / "bin" / "uwsgi"), "--ini",
-                 str(self.etc_dir / "keystone-uwsgi.ini")],
-                env=env, cwd=self.state_dir, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True,
+            env = child_env(self.venv)
+            env["OS_KEYSTONE_CONFIG_DIR"] = str(self.etc_dir)
+            self._server = UwsgiApp(
+                self.venv, self.etc_dir / "keystone-uwsgi.ini", port=port,
+                processes=self.processes, probe_path="/v3", ready_status=200,
+                log=self.uwsgi_log, name=f"Keystone at {self.url}", env=env,
+                cwd=self.state_dir, extra_logs=(self.log_dir / "keystone.log",),
             )
+            self._server.spawn()
+            self._master = self._server.pid
+            self._server.wait_ready(max(0.0, deadline - time.monotonic()))
 
-    def _wait_ready(self, deadline: float) -> None:
-        assert self._proc is not None
-        bound = f"bound to TCP address 127.0.0.1:{self.port} "
-        answered = False
-        while True:
-            run_log = "\n".join(_tail(self.uwsgi_log, 10_000, self._log_offset))
-            if self._proc.poll() is not None:
-                if "Address already in use" in run_log:
-                    raise _PortTaken
-                raise RuntimeError(
-                    f"Keystone's uWSGI exited with {self._proc.returncode}\n{self.log_tail()}"
-                )
-            if not answered and bound in run_log:
-                try:
-                    status = _http(self.port, "GET", "/v3", timeout=2).status
-                except OSError:
-                    status = 0
-                if status == 500:
-                    raise RuntimeError(f"Keystone failed to load\n{self.log_tail()}")
-                answered = status == 200
-            if answered and len(set(_APP_READY.findall(run_log))) >= self.processes:
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"Keystone not ready at {self.url} in time\n{self.log_tail()}")
-            time.sleep(0.1)
+        try:
+            on_free_port(self.port, start_on)
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         """Stop uWSGI by its pid (gracefully, then SIGKILL) and reap it. Idempotent."""
-        atexit.unregister(self.stop)
-        if self._proc is not None:
-            _stop_uwsgi(self._proc)
+        if self._server is not None:
+            self._server.stop()
         (self.run_dir / "uwsgi.pid").unlink(missing_ok=True)
 
     def __enter__(self) -> LocalKeystone:
@@ -437,6 +269,33 @@ disable-logging = true
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
+    # -- what clients configure ------------------------------------------------------
+    def credentials(
+        self, user: str = "admin", password: str | None = None, project: str = "admin"
+    ) -> dict[str, str]:
+        """keystoneauth password-plugin options for ``user`` in ``project`` (default domain).
+
+        What an ``[upstream_auth]`` or ``[keystone_authtoken]`` section holds.
+        """
+        return {
+            "auth_url": self.auth_url,
+            "auth_type": "password",
+            "username": user,
+            "password": self.admin_password if password is None else password,
+            "user_domain_id": "default",
+            "project_name": project,
+            "project_domain_id": "default",
+        }
+
+    def authtoken_options(self) -> dict[str, str]:
+        """A ``[keystone_authtoken]`` section validating tokens as the admin, as Glance has it."""
+        return {
+            **self.credentials(),
+            "www_authenticate_uri": self.auth_url,
+            "region_name": self.region,
+            "memcached_servers": "",
+        }
+
     # -- API helpers ------------------------------------------------------------------
     def request(
         self, method: str, path: str, doc: object = None,
@@ -445,14 +304,14 @@ disable-logging = true
         """One JSON request; raises KeystoneHTTPError unless the status is in ``ok``."""
         all_headers = {"Content-Type": "application/json", **(headers or {})}
         body = None if doc is None else json.dumps(doc).encode()
-        resp = _http(self.port, method, path, body, all_headers)
+        resp = request(self.port, method, path, body, all_headers)
         if resp.status not in ok:
             raise KeystoneHTTPError(method, path, resp)
         return resp
 
     def issue_token(self, user: str, password: str, project: str | None) -> str:
         """A fresh project-scoped (or unscoped) token for ``user``."""
-        resp = self.request("POST", "/v3/auth/tokens", _password_auth(user, password, project))
+        resp = self.request("POST", "/v3/auth/tokens", password_auth(user, password, project))
         return resp.headers["x-subject-token"]
 
     def admin_token(self) -> str:
@@ -466,19 +325,20 @@ disable-logging = true
         resp = self.request(method, path, doc, {"X-Auth-Token": self.admin_token()})
         return dict(json.loads(resp.body)) if resp.body else {}
 
-    def _find(self, collection: str, name: str) -> str | None:
+    def find(self, collection: str, name: str) -> str | None:
+        """The id of the ``collection`` entry (``users``, ``projects``, ...) named ``name``."""
         found = self._admin("GET", f"/v3/{collection}?name={name}")[collection]
         return str(found[0]["id"]) if found else None
 
     def role_id(self, name: str) -> str:
-        role = self._find("roles", name)
+        role = self.find("roles", name)
         if role is None:
             raise KeyError(f"no role {name!r}")
         return role
 
     def create_project(self, name: str) -> str:
         """The id of project ``name`` in the default domain (created when missing)."""
-        existing = self._find("projects", name)
+        existing = self.find("projects", name)
         if existing is not None:
             return existing
         doc = {"project": {"name": name, "domain_id": "default"}}
@@ -486,7 +346,7 @@ disable-logging = true
 
     def create_user(self, name: str, password: str, project_id: str, *roles: str) -> str:
         """A user with ``roles`` on ``project_id`` (the user is created when missing)."""
-        user_id = self._find("users", name)
+        user_id = self.find("users", name)
         if user_id is None:
             doc = {"user": {"name": name, "password": password, "domain_id": "default",
                             "default_project_id": project_id}}
@@ -522,11 +382,11 @@ disable-logging = true
         etc = self.state_dir / "etc-short-tokens"
         etc.mkdir(parents=True, exist_ok=True)
         (etc / "keystone.conf").write_text(self._conf_text(token_expiration=lifetime))
-        env = _child_env(self.venv)
+        env = child_env(self.venv)
         env["OS_KEYSTONE_CONFIG_DIR"] = str(etc)
         done = subprocess.run(
-            [str(self.venv / "bin" / "python"), "-c", _SHORT_TOKEN_SCRIPT],
-            input=json.dumps(_password_auth(user, password, project)).encode(),
+            [str(self.venv / "bin" / "python"), str(_SHORT_TOKEN_SCRIPT)],
+            input=json.dumps(password_auth(user, password, project)).encode(),
             env=env, capture_output=True, timeout=120, check=False,
         )
         if done.returncode != 0:
@@ -547,10 +407,6 @@ def _write_key_repository(directory: Path) -> None:
         if not path.exists():
             path.write_bytes(base64.urlsafe_b64encode(os.urandom(32)))
             path.chmod(0o600)
-
-
-class _PortTaken(Exception):
-    """uWSGI could not bind the chosen port."""
 
 
 @dataclass
@@ -660,16 +516,16 @@ service_token_roles_required = true
 def _main() -> int:
     root = default_state_root()
     ks_venv = ensure_keystone_venv(root)
-    glance_venv = ensure_venv(root)
+    glance_venv = ensure_glance_venv(root)
     with LocalKeystone(root / "keystone-manual", ks_venv) as keystone:
         glance = KeystoneGlance(root / "glance-keystone-manual", glance_venv, flavor="keystone",
                                 keystone=keystone)
         with glance:
             keystone.register_service("image", "glance", glance.url)
-            _say(f"Keystone {KEYSTONE_VERSION} at {keystone.auth_url} (admin/"
+            say("localkeystone", f"Keystone {KEYSTONE_VERSION} at {keystone.auth_url} (admin/"
                  f"{keystone.admin_password}); Glance at {glance.url}; Ctrl-C stops both")
             with contextlib.suppress(KeyboardInterrupt):
-                while keystone.running and glance.running and _alive(os.getpid()):
+                while keystone.running and glance.running:
                     time.sleep(1)
     return 0
 

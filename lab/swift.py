@@ -1,6 +1,6 @@
 """Provision and run a real single-node Swift on 127.0.0.1 (the published ``swift`` package).
 
-Swift gets a virtualenv of its own under :func:`~lab.glance.default_state_root`
+Swift gets a virtualenv of its own under :func:`~lab.venvs.default_state_root`
 (:func:`ensure_swift_venv`), like Glance. :class:`LocalSwift` writes a throw-away
 configuration under its state directory (``swift.conf``, one-replica account,
 container and object rings, one device directory with ``mount_check = false``)
@@ -12,135 +12,52 @@ of its own, stopped by pid. The proxy authenticates with ``tempauth``: one user,
 ``AUTH_<project id>`` account to its ``admin`` and ``member`` users.
 
 Swift reads ``/etc/swift/swift.conf`` unless told otherwise, so each server is
-started through a two-line shim that points ``swift_dir`` at the state directory
-before running the server's WSGI app.
-
-Standard library only, like :mod:`lab.glance`.
+started through ``lab/scripts/swift_server.py``, which points ``swift_dir`` at
+the state directory before running the server's WSGI app.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
-import os
-import shutil
 import signal
-import subprocess
-import sys
-import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.glance import _alive, _child_env, _file_lock, _run_logged, _say, free_port
+from lab.httpclient import request
+from lab.polling import WaitTimeout, wait_until
+from lab.ports import LOOPBACK, free_port
+from lab.procs import Process, StartError, alive, child_env
+from lab.venvs import VenvSpec, ensure_venv, run_logged
+
+__all__ = [
+    "KEY",
+    "SWIFT_VENV",
+    "SWIFT_VERSION",
+    "USER",
+    "KeystoneAuth",
+    "LocalSwift",
+    "ensure_swift_venv",
+]
 
 SWIFT_VERSION = "2.38.3"
 #: for the keystone mode's ``authtoken`` filter (Swift does not depend on it)
 KEYSTONEMIDDLEWARE_VERSION = "13.0.1"
 USER = "test:tester"
 KEY = "testing"
+SWIFT_VENV = VenvSpec(
+    name="venv-swift",
+    requirements=(f"swift=={SWIFT_VERSION}", f"keystonemiddleware=={KEYSTONEMIDDLEWARE_VERSION}"),
+    expect="takes ~15-40 s",
+)
 
-_VENV_NAME = "venv-swift"
-_READY_MARKER = ".edgecache-ready"
 _SERVERS = ("account", "container", "object", "proxy")
-_SHIM = (
-    "import sys\n"
-    "sys.path.insert(0, sys.argv[1])\n"
-    "from swift.common import utils\n"
-    "utils.set_swift_dir(sys.argv[1])\n"
-    "from swift.common.wsgi import run_wsgi\n"
-    "sys.exit(run_wsgi(sys.argv[2], sys.argv[3], verbose=True))\n"
-)
-# tempauth keeps its tokens in ``swift.cache``; with one proxy process a dict will do,
-# so no memcached is needed.
-_CACHE_MODULE = """\
-import time as _time
-
-
-class DictCache:
-    def __init__(self):
-        self._items = {}
-
-    def get(self, key, **_kw):
-        value, expires = self._items.get(key, (None, 0))
-        if expires and expires < _time.time():
-            self._items.pop(key, None)
-            return None
-        return value
-
-    def set(self, key, value, serialize=True, time=0, **_kw):
-        self._items[key] = (value, _time.time() + time if time else 0)
-
-    def delete(self, key, **_kw):
-        self._items.pop(key, None)
-
-    def incr(self, key, delta=1, time=0, **_kw):
-        value = int(self.get(key) or 0) + delta
-        self.set(key, value, time=time)
-        return value
-
-
-def filter_factory(global_conf, **local_conf):
-    cache = DictCache()
-
-    def wrap(app):
-        def middleware(env, start_response):
-            env['swift.cache'] = cache
-            return app(env, start_response)
-        return middleware
-    return wrap
-"""
-_RINGS = (
-    "import sys\n"
-    "from swift.common.ring import RingBuilder\n"
-    "etc = sys.argv[1]\n"
-    "for kind, port in zip(('account', 'container', 'object'), sys.argv[2:]):\n"
-    "    builder = RingBuilder(6, 1, 1)\n"
-    "    builder.add_dev({'region': 1, 'zone': 1, 'ip': '127.0.0.1', 'port': int(port),\n"
-    "                     'device': 'd1', 'weight': 100})\n"
-    "    builder.rebalance()\n"
-    "    builder.save(f'{etc}/{kind}.builder')\n"
-    "    builder.get_ring().save(f'{etc}/{kind}.ring.gz')\n"
-)
-
-
-def _venv_stamp() -> str:
-    major, minor = sys.version_info[:2]
-    return f"swift=={SWIFT_VERSION} keystonemiddleware=={KEYSTONEMIDDLEWARE_VERSION} " \
-        f"python{major}.{minor}\n"
+_SCRIPTS = Path(__file__).resolve().parent / "scripts"
 
 
 def ensure_swift_venv(root: Path) -> Path:
-    """Return ``root/venv-swift`` with Swift (and keystonemiddleware) from PyPI, creating it
-    if needed."""
-    root = Path(root).resolve()
-    venv = root / _VENV_NAME
-
-    def ready() -> bool:
-        marker = venv / _READY_MARKER
-        return marker.is_file() and marker.read_text() == _venv_stamp() \
-            and (venv / "bin" / "python").exists()
-
-    if ready():
-        return venv
-    root.mkdir(parents=True, exist_ok=True)
-    with _file_lock(root / f".{_VENV_NAME}.lock"):
-        if ready():
-            return venv
-        started = time.monotonic()
-        if venv.exists():
-            shutil.rmtree(venv)
-        _run_logged([sys.executable, "-m", "venv", str(venv)], _child_env(), "venv creation")
-        _say(f"installing swift=={SWIFT_VERSION} and keystonemiddleware (takes ~15-40 s)")
-        _run_logged(
-            [str(venv / "bin" / "python"), "-m", "pip", "install", "--progress-bar", "off",
-             f"swift=={SWIFT_VERSION}", f"keystonemiddleware=={KEYSTONEMIDDLEWARE_VERSION}"],
-            _child_env(venv),
-            "pip install of swift",
-        )
-        (venv / _READY_MARKER).write_text(_venv_stamp())
-        _say(f"{venv} ready in {time.monotonic() - started:.1f} s")
-    return venv
+    """``root/venv-swift`` with Swift and keystonemiddleware, built if needed."""
+    return ensure_venv(root, SWIFT_VENV)
 
 
 @dataclass(frozen=True)
@@ -169,12 +86,12 @@ class LocalSwift:
         self.devices = self.state_dir / "srv"
         self.logs = self.state_dir / "log"
         self.ports = {name: free_port() for name in _SERVERS}
-        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._procs: dict[str, Process] = {}
 
     @property
     def url(self) -> str:
         """The proxy's base URL."""
-        return f"http://127.0.0.1:{self.ports['proxy']}"
+        return f"http://{LOOPBACK}:{self.ports['proxy']}"
 
     @property
     def auth_url(self) -> str:
@@ -191,7 +108,8 @@ class LocalSwift:
         return f"{self.url}/v1/AUTH_{project_id}"
 
     def pids(self) -> list[int]:
-        return [p.pid for p in self._procs.values() if _alive(p.pid)]
+        """The four servers' pids while they run."""
+        return [pid for p in self._procs.values() if (pid := p.pid) is not None and alive(pid)]
 
     # ------------------------------------------------------------------ setup
 
@@ -227,14 +145,13 @@ class LocalSwift:
             + f"[pipeline:main]\npipeline = catch_errors cache {auth} proxy-server\n"
             + "[app:proxy-server]\nuse = egg:swift#proxy\naccount_autocreate = true\n"
             + "[filter:catch_errors]\nuse = egg:swift#catch_errors\n"
-            + "[filter:cache]\nuse = call:edgecache_swift_cache:filter_factory\n"
+            + "[filter:cache]\nuse = call:swift_dict_cache:filter_factory\n"
             + self._auth_filters()
         )
-        (self.etc / "edgecache_swift_cache.py").write_text(_CACHE_MODULE)
-        _run_logged(
-            [str(self.venv / "bin" / "python"), "-c", _RINGS, str(self.etc),
+        run_logged(
+            [str(self.venv / "bin" / "python"), str(_SCRIPTS / "swift_rings.py"), str(self.etc),
              *(str(self.ports[n]) for n in ("account", "container", "object"))],
-            _child_env(self.venv),
+            child_env(self.venv),
             "swift ring build",
         )
 
@@ -263,51 +180,45 @@ class LocalSwift:
         )
 
     def start(self, timeout: float = 30) -> None:
+        """Configure and run the four servers until the proxy stores an object."""
         self._write_config()
         for name in _SERVERS:
-            log = (self.logs / f"{name}.log").open("ab")
-            with log:
-                self._procs[name] = subprocess.Popen(
-                    [str(self.venv / "bin" / "python"), "-c", _SHIM, str(self.etc),
-                     str(self.etc / f"{name}-server.conf"), f"{name}-server"],
-                    env=_child_env(self.venv),
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    cwd=self.state_dir,
-                )
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                token, storage = self.authenticate()
-                status = self.request("PUT", f"{storage}/probe", token)[0]
-                if status in (201, 202):
-                    return
-            except OSError:
-                pass
-            dead = [n for n, p in self._procs.items() if p.poll() is not None]
-            if dead or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"Swift did not come up (exited: {dead}):\n" + self.log_tail())
-            time.sleep(0.1)
+            self._procs[name] = Process(
+                [str(self.venv / "bin" / "python"), str(_SCRIPTS / "swift_server.py"),
+                 str(self.etc), str(self.etc / f"{name}-server.conf"), f"{name}-server"],
+                log=self.logs / f"{name}.log", name=f"swift {name}-server",
+                env=child_env(self.venv), cwd=self.state_dir, stop_timeout=5,
+            )
+            self._procs[name].spawn()
+        try:
+            wait_until(self._serving, "Swift to store an object", timeout, interval=0.1)
+        except (WaitTimeout, StartError) as exc:
+            self.stop()
+            raise StartError(f"Swift did not come up: {exc}\n{self.log_tail()}") from None
+        except BaseException:
+            self.stop()
+            raise
+
+    def _serving(self) -> bool:
+        dead = [name for name, proc in self._procs.items() if not proc.running]
+        if dead:
+            raise StartError(f"exited: {dead}")
+        try:
+            token, storage = self.authenticate()
+            return self.request("PUT", f"{storage}/probe", token)[0] in (201, 202)
+        except OSError:
+            return False
 
     def log_tail(self, lines: int = 20) -> str:
-        out = []
-        for name in _SERVERS:
-            path = self.logs / f"{name}.log"
-            if path.is_file():
-                tail = path.read_text(errors="replace").splitlines()[-lines:]
-                out.append(f"--- {name}\n" + "\n".join(tail))
-        return "\n".join(out)
+        return "\n".join(proc.log_tail(lines) for proc in self._procs.values())
 
     def stop(self) -> None:
+        """Stop every server by its pid (SIGTERM, then SIGKILL) and reap it."""
         for proc in self._procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+            if proc.running:
+                proc.signal(signal.SIGTERM)
         for proc in self._procs.values():
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
+            proc.stop()
         self._procs.clear()
 
     def __enter__(self) -> LocalSwift:
@@ -323,18 +234,15 @@ class LocalSwift:
         self, method: str, url: str, token: str | None = None, body: bytes | None = None,
         headers: dict[str, str] | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
+        """One request to ``url``: (status, headers with lower-cased names, body)."""
         parts = urllib.parse.urlsplit(url)
-        conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=10)
-        try:
-            sent = dict(headers or {})
-            if token is not None:
-                sent["X-Auth-Token"] = token
-            conn.request(method, parts.path + (f"?{parts.query}" if parts.query else ""),
-                         body=body, headers=sent)
-            response = conn.getresponse()
-            return response.status, dict(response.getheaders()), response.read()
-        finally:
-            conn.close()
+        sent = dict(headers or {})
+        if token is not None:
+            sent["X-Auth-Token"] = token
+        answer = request(parts.port or 80, method,
+                         parts.path + (f"?{parts.query}" if parts.query else ""),
+                         body, sent, timeout=10, host=parts.hostname or LOOPBACK)
+        return answer.status, answer.headers, answer.body
 
     def authenticate(self) -> tuple[str, str]:
         """(token, storage URL): the tempauth v1 handshake, or in keystone mode a
@@ -346,7 +254,7 @@ class LocalSwift:
         )
         if status // 100 != 2:
             raise OSError(f"tempauth answered {status}")
-        return headers["X-Auth-Token"], headers["X-Storage-Url"]
+        return headers["x-auth-token"], headers["x-storage-url"]
 
     def _keystone_token(self, ks: KeystoneAuth) -> tuple[str, str]:
         domain = {"id": "default"}

@@ -3,7 +3,7 @@
 :func:`store` runs each store contract test against ``file://`` (files under
 ``tmp_path``), ``http://`` (a small aiohttp server: ``web.FileResponse``
 answers Range requests with 206) and ``s3://`` (moto's S3 server,
-tests/support/motos3.py). A real Swift is a slow system: the same suite runs
+lab/motos3.py). A real Swift is a slow system: the same suite runs
 against it from tests/stores/test_contract.py.
 """
 
@@ -20,8 +20,8 @@ from pytest_aiohttp import AiohttpServer
 
 from edgecache.upstream.stores.file import FileStore
 from edgecache.upstream.stores.http import HttpStore
+from lab.motos3 import MotoS3, moto_s3
 from tests.contract.stores import StoreUnderTest
-from tests.support.motos3 import MotoS3, moto_s3
 
 
 @pytest.fixture(params=["file", "http", "s3"])

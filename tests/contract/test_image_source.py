@@ -33,9 +33,9 @@ from edgecache.model import ImageBody, ImageMeta, ImageSource
 from edgecache.upstream.glance import GlanceUpstream
 from edgecache.upstream.stores import DirectStoreSource, StoreRegistry
 from edgecache.upstream.stores.file import FileStore
+from lab.units import MiB
 from tests.support.faultyglance import Fault, FaultyGlance
 
-MiB = 1 << 20
 SIZE = 2 * MiB + 3
 
 

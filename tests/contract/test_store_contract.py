@@ -15,9 +15,8 @@ import pytest
 
 from edgecache.errors import NotFound
 from edgecache.model import ImageBody
+from lab.units import MiB
 from tests.contract.stores import StoreUnderTest
-
-MiB = 1 << 20
 
 
 async def read_all(body: ImageBody) -> bytes:

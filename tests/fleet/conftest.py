@@ -5,7 +5,7 @@ integration suite. :func:`glance_replica` starts further Glance API servers that
 share its sqlite database and file store (the ``data`` directory is a symlink to
 the session Glance's), so every replica serves the same images under the same
 ids: several endpoints of one Glance deployment, any of which can be stopped.
-edgecache runs as a process (:class:`tests.support.daemon.Daemon`); relays and
+edgecache runs as a process (:class:`lab.edgecache.EdgecacheProcess`); relays and
 proxies between it and Glance come from :mod:`tests.support.relay`.
 """
 
@@ -23,9 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from lab.glance import LocalGlance, default_state_root, ensure_venv
-
-MiB = 1 << 20
+from lab.glance import LocalGlance, ensure_glance_venv
+from lab.venvs import default_state_root
 
 
 @dataclass(frozen=True)
@@ -48,7 +47,7 @@ ReplicaFactory = Callable[[], LocalGlance]
 
 @pytest.fixture(scope="session")
 def glance_venv() -> Path:
-    return ensure_venv(default_state_root())
+    return ensure_glance_venv(default_state_root())
 
 
 @pytest.fixture(scope="session")

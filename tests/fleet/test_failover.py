@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from tests.fleet.conftest import ImageFactory, MiB, ReplicaFactory, get
-from tests.support.daemon import Daemon
+from lab.edgecache import EdgecacheProcess
+from lab.units import MiB
+from tests.fleet.conftest import ImageFactory, ReplicaFactory, get
 
 
 def test_downloads_fail_over_to_the_next_glance_and_503_when_none_answers(
@@ -14,7 +15,9 @@ def test_downloads_fail_over_to_the_next_glance_and_503_when_none_answers(
 ) -> None:
     first, second = glance_replica(), glance_replica()
     images = [make_image(3 * MiB + n) for n in range(3)]
-    with Daemon(tmp_path, glance_endpoints=[first.url, second.url], auth_cache_ttl=1) as edge:
+    with EdgecacheProcess(
+        tmp_path, glance_endpoints=[first.url, second.url], auth_cache_ttl=1
+    ) as edge:
         status, body, whole = get(edge.url, images[0].file_path)
         assert (status, whole) == (200, True)
         assert hashlib.sha512(body).hexdigest() == images[0].sha512

@@ -6,9 +6,12 @@ import concurrent.futures
 import hashlib
 from pathlib import Path
 
+from lab.edgecache import EdgecacheProcess
 from lab.glance import LocalGlance
-from tests.fleet.conftest import ImageFactory, MiB, get
-from tests.support.daemon import Daemon, free_port, wait_for
+from lab.polling import wait_until
+from lab.ports import free_port
+from lab.units import MiB
+from tests.fleet.conftest import ImageFactory, get
 from tests.support.relay import Relay
 
 
@@ -16,7 +19,7 @@ def test_image_downloads_and_their_resumes_go_through_the_proxy(
     real_glance: LocalGlance, make_image: ImageFactory, tmp_path: Path
 ) -> None:
     image = make_image(12 * MiB + 3)
-    with Relay() as proxy, Daemon(
+    with Relay() as proxy, EdgecacheProcess(
         tmp_path, glance_endpoints=[real_glance.url], auth_cache_ttl=1,
         options={"upstream": {"http_proxy": proxy.url}},
     ) as edge:
@@ -26,7 +29,7 @@ def test_image_downloads_and_their_resumes_go_through_the_proxy(
         for status, body, whole in results:
             assert (status, whole) == (200, True)
             assert hashlib.sha512(body).hexdigest() == image.sha512
-        wait_for(lambda: (edge.data_dir / image.id).is_file(), "the commit")
+        wait_until(lambda: (edge.data_dir / image.id).is_file(), "the commit")
 
         # The proxy saw the image-data GET and its resume, for Glance's absolute URL;
         # metadata went straight to Glance.
@@ -51,7 +54,7 @@ def test_a_proxy_that_does_not_answer_is_bypassed(
 ) -> None:
     image = make_image(2 * MiB + 1)
     dead_proxy = f"http://127.0.0.1:{free_port()}"
-    with Daemon(
+    with EdgecacheProcess(
         tmp_path, glance_endpoints=[real_glance.url], auth_cache_ttl=1,
         options={"upstream": {"http_proxy": dead_proxy}},
     ) as edge:

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from lab.edgecache import EdgecacheProcess, metric_value
 from lab.glance import LocalGlance
-from tests.fleet.conftest import ImageFactory, MiB, get
-from tests.support.daemon import Daemon, metric_value, wait_for
+from lab.polling import wait_until
+from lab.units import MiB
+from tests.fleet.conftest import ImageFactory, get
 from tests.support.relay import Relay
 
 SIZE = 24 * MiB + 4321
@@ -23,7 +25,7 @@ def test_every_caller_gets_the_exact_bytes_across_cuts(
     real_glance: LocalGlance, make_image: ImageFactory, tmp_path: Path, cuts: tuple[int, ...]
 ) -> None:
     image = make_image(SIZE)
-    with Relay(real_glance.url) as relay, Daemon(
+    with Relay(real_glance.url) as relay, EdgecacheProcess(
         tmp_path, glance_endpoints=[relay.url], auth_cache_ttl=1
     ) as edge:
         relay.cut_next(*cuts)
@@ -32,7 +34,7 @@ def test_every_caller_gets_the_exact_bytes_across_cuts(
         for status, body, whole in results:
             assert (status, whole, len(body)) == (200, True, SIZE)
             assert hashlib.sha512(body).hexdigest() == image.sha512
-        wait_for(lambda: any(edge.data_dir.glob(image.id)), "the image to be committed")
+        wait_until(lambda: any(edge.data_dir.glob(image.id)), "the image to be committed")
         assert metric_value(edge.url, "edgecache_upstream_errors_total", reason="body") == len(cuts)
 
         # What went over the link: one plain GET, then one Range per cut, each
@@ -59,7 +61,7 @@ def test_every_caller_gets_the_exact_bytes_across_cuts(
         assert relayed_bytes - SIZE == sum(lost)
 
         # The origin's own log: the same requests, the last one exactly the rest.
-        wait_for(
+        wait_until(
             lambda: len([r for r in real_glance.request_log()
                          if r.method == "GET" and r.path == image.file_path]) == len(cuts) + 1,
             "Glance to log every image-data GET",

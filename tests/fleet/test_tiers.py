@@ -7,16 +7,18 @@ import hashlib
 from contextlib import ExitStack
 from pathlib import Path
 
+from lab.edgecache import EdgecacheProcess
 from lab.glance import LocalGlance
-from tests.fleet.conftest import Image, ImageFactory, MiB, get
-from tests.support.daemon import Daemon, wait_for
+from lab.polling import wait_until
+from lab.units import MiB
+from tests.fleet.conftest import Image, ImageFactory, get
 from tests.support.relay import Relay
 
 EDGES = 2
 BOOTS = 10
 
 
-def _boot_all(edges: list[Daemon], image: Image) -> None:
+def _boot_all(edges: list[EdgecacheProcess], image: Image) -> None:
     """``BOOTS`` concurrent cold downloads on every edge; each must be the exact image."""
     with concurrent.futures.ThreadPoolExecutor(len(edges) * BOOTS) as pool:
         results = list(
@@ -39,17 +41,21 @@ def test_two_edges_behind_a_regional_node_cost_the_origin_one_image_get(
     image = make_image(32 * MiB + 99)
     with ExitStack() as stack:
         regional = stack.enter_context(
-            Daemon(tmp_path / "regional", glance_endpoints=[real_glance.url], auth_cache_ttl=1)
+            EdgecacheProcess(
+                tmp_path / "regional", glance_endpoints=[real_glance.url], auth_cache_ttl=1
+            )
         )
         edges = [
             stack.enter_context(
-                Daemon(tmp_path / f"edge{n}", glance_endpoints=[regional.url], auth_cache_ttl=1)
+                EdgecacheProcess(
+                    tmp_path / f"edge{n}", glance_endpoints=[regional.url], auth_cache_ttl=1
+                )
             )
             for n in range(EDGES)
         ]
         _boot_all(edges, image)
         for node in (regional, *edges):
-            wait_for(lambda node=node: (node.data_dir / image.id).is_file(), "the commits")
+            wait_until(lambda node=node: (node.data_dir / image.id).is_file(), "the commits")
         assert real_glance.count_requests("GET", image.file_path, at_least=1) == 1
         assert _origin_gets(real_glance, image) == 1
 
@@ -61,7 +67,9 @@ def test_without_a_regional_node_each_edge_fetches_once(
     with ExitStack() as stack:
         edges = [
             stack.enter_context(
-                Daemon(tmp_path / f"edge{n}", glance_endpoints=[real_glance.url], auth_cache_ttl=1)
+                EdgecacheProcess(
+                    tmp_path / f"edge{n}", glance_endpoints=[real_glance.url], auth_cache_ttl=1
+                )
             )
             for n in range(EDGES)
         ]
@@ -76,16 +84,18 @@ def test_an_edge_resuming_from_a_regional_node_still_costs_the_origin_one_get(
     image = make_image(48 * MiB + 7)
     with ExitStack() as stack:
         regional = stack.enter_context(
-            Daemon(tmp_path / "regional", glance_endpoints=[real_glance.url], auth_cache_ttl=1)
+            EdgecacheProcess(
+                tmp_path / "regional", glance_endpoints=[real_glance.url], auth_cache_ttl=1
+            )
         )
         link = stack.enter_context(Relay(regional.url))
         link.cut_next(5 * MiB)
         edge = stack.enter_context(
-            Daemon(tmp_path / "edge", glance_endpoints=[link.url], auth_cache_ttl=1)
+            EdgecacheProcess(tmp_path / "edge", glance_endpoints=[link.url], auth_cache_ttl=1)
         )
         _boot_all([edge], image)
         relayed = link.file_requests(image.file_path)
         assert [r.status for r in relayed] == [200, 206]
         assert real_glance.count_requests("GET", image.file_path, at_least=1) == 1
-        wait_for(lambda: (regional.data_dir / image.id).is_file(), "the regional commit")
+        wait_until(lambda: (regional.data_dir / image.id).is_file(), "the regional commit")
         assert _origin_gets(real_glance, image) == 1

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -31,9 +30,8 @@ from edgecache.core.cache import ImageCache
 from edgecache.daemon.app import METRICS_KEY, make_app
 from edgecache.daemon.config import CacheSettings, Settings, UpstreamSettings
 from edgecache.metrics import Metrics
+from lab.ports import free_port
 from tests.support.clock import FakeClock
-
-MiB = 1 << 20
 
 #: Upper bound on any single wait in these tests (a hang fails fast, not after 300 s).
 WAIT = 10.0
@@ -49,10 +47,7 @@ def file_path(image_id: str) -> str:
 
 def closed_port_url() -> str:
     """An http URL on loopback where nothing listens."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    return f"http://127.0.0.1:{free_port()}"
 
 
 @dataclass

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from pytest_aiohttp import AiohttpClient
 
-from tests.functional import MiB, file_path, sha512, start_edgecache
+from lab.units import MiB
+from tests.functional import file_path, sha512, start_edgecache
 from tests.support.faultyglance import Fault, FaultyGlance
 
 

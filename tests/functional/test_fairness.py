@@ -11,7 +11,8 @@ import pytest
 from pytest_aiohttp import AiohttpClient
 
 from edgecache.ops.prefetch import DEMAND_YIELD
-from tests.functional import WAIT, Edge, MiB, eventually, file_path, start_edgecache
+from lab.units import MiB
+from tests.functional import WAIT, Edge, eventually, file_path, start_edgecache
 from tests.support.faultyglance import Fault, FaultyGlance
 
 #: every image here arrives at about 5 MiB/s (64 KiB every 12.5 ms)

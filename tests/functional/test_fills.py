@@ -12,16 +12,8 @@ import aiohttp
 import pytest
 from pytest_aiohttp import AiohttpClient
 
-from tests.functional import (
-    WAIT,
-    Edge,
-    MiB,
-    eventually,
-    file_path,
-    read_body,
-    sha512,
-    start_edgecache,
-)
+from lab.units import MiB
+from tests.functional import WAIT, Edge, eventually, file_path, read_body, sha512, start_edgecache
 from tests.support.clock import FakeClock
 from tests.support.faultyglance import Fault, FaultyGlance
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from pytest_aiohttp import AiohttpClient
 
-from tests.functional import Edge, MiB, eventually, file_path, sha512, start_edgecache
+from lab.units import MiB
+from tests.functional import Edge, eventually, file_path, sha512, start_edgecache
 from tests.support.faultyglance import FaultyGlance
 
 

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from pytest_aiohttp import AiohttpClient
 
-from tests.functional import Edge, MiB, start_edgecache
+from lab.units import MiB
+from tests.functional import Edge, start_edgecache
 from tests.support.faultyglance import FaultyGlance
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from pytest_aiohttp import AiohttpClient
 
-from tests.functional import WAIT, Edge, MiB, eventually, file_path, start_edgecache
+from lab.units import MiB
+from tests.functional import WAIT, Edge, eventually, file_path, start_edgecache
 from tests.support.faultyglance import Fault, FaultyGlance
 
 

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from pytest_aiohttp import AiohttpClient
 
+from lab.units import MiB
 from tests.functional import (
     Edge,
     Fetched,
-    MiB,
     closed_port_url,
     eventually,
     file_path,

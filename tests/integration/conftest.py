@@ -3,7 +3,7 @@
 Upstream is a real Glance 33 on loopback (noauth, flavor ``""``: no cache of its
 own), its state under ``default_state_root()/tests/<unique>``; edgecache runs as
 the daemon operators start (``edgecache serve --config-file``, through
-:class:`tests.support.daemon.Daemon`). The clients are the real ones Nova and
+:class:`lab.edgecache.EdgecacheProcess`). The clients are the real ones Nova and
 operators use (python-glanceclient, openstacksdk, the ``glance`` CLI).
 
 Both servers are stopped by their pids when the session ends, and the Glance state
@@ -28,10 +28,11 @@ import glanceclient
 import pytest
 from glanceclient.v2.client import Client as GlanceClient
 
-from lab.glance import LocalGlance, default_state_root, ensure_venv
-from tests.support.daemon import Daemon
-
-MiB = 1 << 20
+from lab.edgecache import EdgecacheProcess
+from lab.glance import LocalGlance, ensure_glance_venv
+from lab.procs import alive, group_pids
+from lab.units import MiB
+from lab.venvs import default_state_root
 
 #: How long edgecache reuses Glance's "this caller may read this image" answer (s).
 #: Short, so that a test can watch a cached image turn into Glance's 403 once it is
@@ -60,32 +61,11 @@ class Image:
 ImageFactory = Callable[[int], Image]
 
 
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state letter, process group) of ``pid``, or None once it is gone."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return fields[0], int(fields[2])
-
-
-def _live_group(pgid: int) -> list[int]:
-    """Live (non-zombie) members of process group ``pgid``: Glance's master and workers."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            stat = _proc_stat(int(entry.name))
-            if stat is not None and stat[1] == pgid and stat[0] not in ("Z", "X"):
-                found.append(int(entry.name))
-    return found
-
-
 @pytest.fixture(scope="session")
 def real_glance() -> Iterator[LocalGlance]:
     """A real Glance (noauth, no cache of its own) for the whole session."""
     root = default_state_root()
-    venv = ensure_venv(root)
+    venv = ensure_glance_venv(root)
     unique = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     state = root / "tests" / unique
     glance = LocalGlance(state, venv, flavor="")
@@ -100,20 +80,20 @@ def real_glance() -> Iterator[LocalGlance]:
         glance.stop()
         for master in masters:
             # Whatever of that group is still alive (it must not be) dies by its pid.
-            for pid in _live_group(master):
+            for pid in group_pids(master):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         shutil.rmtree(state, ignore_errors=True)
-    left = [pid for master in masters for pid in _live_group(master)]
+    left = [pid for master in masters for pid in group_pids(master)]
     assert not left, f"Glance processes were left behind: {left}"
 
 
 @pytest.fixture(scope="session")
 def edgecache(
     real_glance: LocalGlance, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Daemon]:
+) -> Iterator[EdgecacheProcess]:
     """``edgecache serve`` in front of the session's Glance; stopped by its pid at the end."""
-    daemon = Daemon(
+    daemon = EdgecacheProcess(
         tmp_path_factory.mktemp("edgecache"),
         glance_endpoints=[real_glance.url],
         max_size="4G",
@@ -123,11 +103,11 @@ def edgecache(
     with daemon:
         pid = daemon.pid
         yield daemon
-    assert _proc_stat(pid) is None, f"edgecache {pid} was left behind"
+    assert not alive(pid), f"edgecache {pid} was left behind"
 
 
 @pytest.fixture
-def glance_client(edgecache: Daemon) -> GlanceClient:
+def glance_client(edgecache: EdgecacheProcess) -> GlanceClient:
     """python-glanceclient v2 pointed at edgecache (Nova builds a fresh one per call)."""
     client: GlanceClient = glanceclient.Client("2", endpoint=edgecache.url, token=TOKEN)
     return client

@@ -16,8 +16,10 @@ import pytest
 import requests
 from glanceclient import exc as glance_exc
 
+from lab.edgecache import EdgecacheProcess
 from lab.glance import LocalGlance
-from tests.support.daemon import Daemon, wait_for
+from lab.polling import wait_until
+from lab.units import MiB
 
 if TYPE_CHECKING:
     from conftest import ImageFactory
@@ -29,7 +31,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:`version` keyword is being deprecated:DeprecationWarning"),
 ]
 
-MiB = 1 << 20
 #: Must exceed the daemon's auth_cache_ttl (conftest.AUTH_CACHE_TTL).
 AUTH_CACHE_EXPIRY = 1.5
 HEADERS = {"X-Auth-Token": "noauth"}
@@ -52,7 +53,7 @@ def full_downloads(glance: LocalGlance, path: str) -> int:
 
 
 def test_queued_image_answers_204(
-    glance_client: GlanceClient, edgecache: Daemon, real_glance: LocalGlance
+    glance_client: GlanceClient, edgecache: EdgecacheProcess, real_glance: LocalGlance
 ) -> None:
     image_id = str(real_glance.create_queued_image()["id"])
 
@@ -69,7 +70,7 @@ def test_queued_image_answers_204(
 
 
 def test_deactivated_image_answers_403(
-    glance_client: GlanceClient, edgecache: Daemon, real_glance: LocalGlance,
+    glance_client: GlanceClient, edgecache: EdgecacheProcess, real_glance: LocalGlance,
     make_image: ImageFactory,
 ) -> None:
     image = make_image(1 * MiB)
@@ -84,31 +85,33 @@ def test_deactivated_image_answers_403(
 
 
 def test_cached_image_answers_403_once_deactivated(
-    glance_client: GlanceClient, edgecache: Daemon, real_glance: LocalGlance,
+    glance_client: GlanceClient, edgecache: EdgecacheProcess, real_glance: LocalGlance,
     make_image: ImageFactory,
 ) -> None:
     """A hit is no exception (contract §8 item 13): the copy is dropped, not served."""
     image = make_image(2 * MiB)
     assert download(glance_client, image.id) == image.os_hash_value
     cached = edgecache.data_dir / image.id
-    wait_for(cached.exists, f"{cached} to be committed")
+    wait_until(cached.exists, f"{cached} to be committed")
 
     real_glance.deactivate_image(image.id)
     time.sleep(AUTH_CACHE_EXPIRY)  # edgecache may reuse Glance's "active" until then
 
     with pytest.raises(glance_exc.HTTPForbidden):
         glance_client.images.data(image.id)
-    wait_for(lambda: not cached.exists(), f"{cached} to be evicted")
+    wait_until(lambda: not cached.exists(), f"{cached} to be evicted")
 
     # Reactivated, it downloads again (from Glance: the copy is gone).
     real_glance.reactivate_image(image.id)
     time.sleep(AUTH_CACHE_EXPIRY)
     assert download(glance_client, image.id) == image.os_hash_value
-    wait_for(lambda: full_downloads(real_glance, image.file_path) >= 2, "the second fill")
+    wait_until(lambda: full_downloads(real_glance, image.file_path) >= 2, "the second fill")
     assert full_downloads(real_glance, image.file_path) == 2
 
 
-def test_unknown_image_answers_404(glance_client: GlanceClient, edgecache: Daemon) -> None:
+def test_unknown_image_answers_404(
+    glance_client: GlanceClient, edgecache: EdgecacheProcess
+) -> None:
     image_id = str(uuid.uuid4())
 
     raw = requests.get(f"{edgecache.url}/v2/images/{image_id}/file", headers=HEADERS, timeout=10)
@@ -122,19 +125,19 @@ def test_unknown_image_answers_404(glance_client: GlanceClient, edgecache: Daemo
 
 
 def test_delete_through_edgecache_purges_the_cached_copy(
-    glance_client: GlanceClient, edgecache: Daemon, real_glance: LocalGlance,
+    glance_client: GlanceClient, edgecache: EdgecacheProcess, real_glance: LocalGlance,
     make_image: ImageFactory,
 ) -> None:
     image = make_image(3 * MiB)
     assert download(glance_client, image.id) == image.os_hash_value
     cached = edgecache.data_dir / image.id
-    wait_for(cached.exists, f"{cached} to be committed")
+    wait_until(cached.exists, f"{cached} to be committed")
     assert cached.stat().st_size == image.size
 
     glance_client.images.delete(image.id)
 
     assert real_glance.count_requests("DELETE", f"/v2/images/{image.id}", at_least=1) == 1
-    wait_for(lambda: not cached.exists(), f"{cached} to be removed")
+    wait_until(lambda: not cached.exists(), f"{cached} to be removed")
     raw = requests.get(f"{edgecache.url}{image.file_path}", headers=HEADERS, timeout=10)
     assert raw.status_code == 404
     with pytest.raises(glance_exc.HTTPNotFound):

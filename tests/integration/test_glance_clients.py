@@ -22,8 +22,9 @@ import pytest
 import requests
 from keystoneauth1 import adapter, noauth, session
 
+from lab.edgecache import EdgecacheProcess, metric_value
 from lab.glance import LocalGlance, sha512_file
-from tests.support.daemon import Daemon, metric_value
+from lab.units import MiB
 
 if TYPE_CHECKING:
     from conftest import ImageFactory
@@ -36,7 +37,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:`version` keyword is being deprecated:DeprecationWarning"),
 ]
 
-MiB = 1 << 20
 TOKEN = "noauth"
 #: The ``glance`` console script of the environment running the tests.
 GLANCE_CLI = Path(sys.executable).with_name("glance")
@@ -52,7 +52,7 @@ def sha512_of(chunks: Iterable[bytes]) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def image_requests(daemon: Daemon, result: str) -> float:
+def image_requests(daemon: EdgecacheProcess, result: str) -> float:
     return metric_value(daemon.url, "edgecache_image_requests_total", result=result)
 
 
@@ -71,7 +71,7 @@ def sdk_connection(url: str, *, override: bool) -> Connection:
 
 
 @pytest.fixture
-def sdk(edgecache: Daemon) -> Iterator[Connection]:
+def sdk(edgecache: EdgecacheProcess) -> Iterator[Connection]:
     conn = sdk_connection(edgecache.url, override=True)
     try:
         yield conn
@@ -83,7 +83,7 @@ def sdk(edgecache: Daemon) -> Iterator[Connection]:
 
 
 def test_glanceclient_download_miss_then_hit(
-    glance_client: GlanceClient, edgecache: Daemon, real_glance: LocalGlance,
+    glance_client: GlanceClient, edgecache: EdgecacheProcess, real_glance: LocalGlance,
     make_image: ImageFactory,
 ) -> None:
     image = make_image(8 * MiB)
@@ -121,7 +121,7 @@ def test_glanceclient_download_miss_then_hit(
 
 
 def test_openstacksdk_get_and_download(
-    sdk: Connection, edgecache: Daemon, real_glance: LocalGlance, make_image: ImageFactory
+    sdk: Connection, edgecache: EdgecacheProcess, real_glance: LocalGlance, make_image: ImageFactory
 ) -> None:
     image = make_image(4 * MiB)
 
@@ -146,7 +146,7 @@ def test_openstacksdk_get_and_download(
 
 
 def test_version_discovery_finds_edgecache(
-    edgecache: Daemon, real_glance: LocalGlance, make_image: ImageFactory
+    edgecache: EdgecacheProcess, real_glance: LocalGlance, make_image: ImageFactory
 ) -> None:
     """No endpoint override: keystoneauth discovers the image API at edgecache's root."""
     image = make_image(2 * MiB)
@@ -185,7 +185,7 @@ def test_version_discovery_finds_edgecache(
 
 
 def test_clients_under_a_path_prefix(
-    edgecache: Daemon, real_glance: LocalGlance, make_image: ImageFactory
+    edgecache: EdgecacheProcess, real_glance: LocalGlance, make_image: ImageFactory
 ) -> None:
     """An endpoint such as http://host/image works too (glance-contract §8 item 4)."""
     image = make_image(1 * MiB)
@@ -222,7 +222,7 @@ def glance_cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_glance_cli_download_list_show(
-    edgecache: Daemon, real_glance: LocalGlance, make_image: ImageFactory, tmp_path: Path
+    edgecache: EdgecacheProcess, real_glance: LocalGlance, make_image: ImageFactory, tmp_path: Path
 ) -> None:
     image = make_image(6 * MiB)
     out = tmp_path / "downloaded.bin"
@@ -253,7 +253,7 @@ def test_glance_cli_download_list_show(
 # ------------------------------------------------------------------ version documents
 
 
-def test_version_documents_point_at_edgecache(edgecache: Daemon) -> None:
+def test_version_documents_point_at_edgecache(edgecache: EdgecacheProcess) -> None:
     root = requests.get(f"{edgecache.url}/", timeout=10)
     listed = requests.get(f"{edgecache.url}/versions", timeout=10)
 

@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import glanceclient
+import psutil
 import pytest
 
+from lab.edgecache import EdgecacheProcess, metric_value
 from lab.glance import LocalGlance
-from tests.support.daemon import Daemon, metric_value
+from lab.units import MiB
 
 if TYPE_CHECKING:
     from conftest import ImageFactory
@@ -35,7 +37,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:`version` keyword is being deprecated:DeprecationWarning"),
 ]
 
-MiB = 1 << 20
 TOKEN = "noauth"
 READERS = 20
 COLD_IMAGE_SIZE = 64 * MiB
@@ -44,7 +45,7 @@ RSS_LIMIT = 150 * MiB
 RSS_PERIOD = 0.05
 
 
-def image_requests(daemon: Daemon) -> dict[str, float]:
+def image_requests(daemon: EdgecacheProcess) -> dict[str, float]:
     return {
         result: metric_value(daemon.url, "edgecache_image_requests_total", result=result)
         for result in ("hit", "miss", "coalesced", "error")
@@ -52,7 +53,7 @@ def image_requests(daemon: Daemon) -> dict[str, float]:
 
 
 def test_concurrent_cold_downloads_share_one_upstream_get(
-    edgecache: Daemon, real_glance: LocalGlance, make_image: ImageFactory
+    edgecache: EdgecacheProcess, real_glance: LocalGlance, make_image: ImageFactory
 ) -> None:
     image = make_image(COLD_IMAGE_SIZE)
     before = image_requests(edgecache)
@@ -87,11 +88,8 @@ def test_concurrent_cold_downloads_share_one_upstream_get(
 
 
 def vm_rss(pid: int) -> int:
-    """Resident set size of ``pid`` in bytes (VmRSS of /proc/<pid>/status)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for pid {pid}")
+    """Resident set size of ``pid`` in bytes."""
+    return int(psutil.Process(pid).memory_info().rss)
 
 
 class RssSampler:
@@ -139,7 +137,7 @@ def upload_file(tmp_path: Path) -> Iterator[tuple[Path, str]]:
 
 
 def test_upload_is_streamed_through(
-    glance_client: GlanceClient, edgecache: Daemon, real_glance: LocalGlance,
+    glance_client: GlanceClient, edgecache: EdgecacheProcess, real_glance: LocalGlance,
     upload_file: tuple[Path, str],
 ) -> None:
     path, sha512 = upload_file

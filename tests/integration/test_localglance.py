@@ -12,25 +12,26 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
-from lab.glance import LocalGlance, default_state_root, ensure_venv, sha512_file
+from lab.glance import LocalGlance, ensure_glance_venv, sha512_file
+from lab.venvs import default_state_root
 
 pytestmark = pytest.mark.integration
 
 
 def _proc_state(pid: int) -> str | None:
-    """State letter of pid (R, S, Z, ...) or None once it is gone entirely."""
+    """psutil's status of pid (running, sleeping, zombie, ...) or None once it is gone."""
     try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+        return str(psutil.Process(pid).status())
+    except psutil.NoSuchProcess:
         return None
-    return raw[raw.rindex(")") + 2 :].split()[0]
 
 
 @pytest.fixture(scope="module")
 def glance_venv() -> Path:
-    return ensure_venv(default_state_root())
+    return ensure_glance_venv(default_state_root())
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +125,7 @@ def test_second_instance_with_cache_then_stop(
     assert second.process_group() == []
     assert _proc_state(master) is None  # exited and reaped by stop()
     for pid in pids:
-        assert _proc_state(pid) in (None, "Z")
+        assert _proc_state(pid) in (None, psutil.STATUS_ZOMBIE)
     second.stop()  # idempotent
 
     # A restart on the same state_dir keeps port and data (no second db_sync).

@@ -34,30 +34,17 @@ from typing import Any
 
 import pytest
 
-from lab.glance import default_state_root, ensure_venv
+from lab.edgecache import EdgecacheProcess
+from lab.glance import ensure_glance_venv
 from lab.keystone import KeystoneGlance, LocalKeystone, ensure_keystone_venv
-from tests.support.daemon import Daemon
+from lab.polling import WaitTimeout, wait_until
+from lab.procs import alive, group_pids
+from lab.venvs import default_state_root
 
 PASSWORD = "secret-pw"
 USERS = {"alice": "proj-a", "bob": "proj-b", "carol": "proj-c"}
 #: edgecache's auth_cache_ttl in these tests: short, so that a change upstream shows soon.
 AUTH_CACHE_TTL = 2
-
-
-def _live_group(pgid: int) -> list[int]:
-    """Live (non-zombie) members of process group ``pgid``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            raw = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = raw[raw.rindex(")") + 2 :].split()
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            found.append(int(entry.name))
-    return found
 
 
 @dataclass
@@ -93,27 +80,10 @@ class World:
 
     def daemon_options(self, **upstream: str) -> dict[str, dict[str, str]]:
         """edgecache's config in keystone mode, [keystone_authtoken] as Glance has it."""
-        ks = self.keystone
-        authtoken = {
-            "www_authenticate_uri": ks.auth_url,
-            "auth_url": ks.auth_url,
-            "auth_type": "password",
-            "username": "admin",
-            "password": ks.admin_password,
-            "user_domain_id": "default",
-            "project_name": "admin",
-            "project_domain_id": "default",
-            "region_name": ks.region,
-            "memcached_servers": "",
-        }
-        upstream_auth = {key: authtoken[key] for key in (
-            "auth_url", "auth_type", "username", "password", "user_domain_id", "project_name",
-            "project_domain_id",
-        )}
         return {
             "DEFAULT": {"auth_strategy": "keystone"},
-            "keystone_authtoken": authtoken,
-            "upstream_auth": upstream_auth,
+            "keystone_authtoken": self.keystone.authtoken_options(),
+            "upstream_auth": self.keystone.credentials(),
             "upstream": dict(upstream),
         }
 
@@ -137,7 +107,7 @@ class Image:
 def world() -> Iterator[World]:
     root = default_state_root()
     ks_venv = ensure_keystone_venv(root)
-    glance_venv = ensure_venv(root)
+    glance_venv = ensure_glance_venv(root)
     unique = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     state = root / "tests-keystone" / unique
     keystone = LocalKeystone(state / "keystone", ks_venv)
@@ -148,7 +118,7 @@ def world() -> Iterator[World]:
         assert keystone.pid is not None
         masters.append(keystone.pid)
         admin_project = keystone.create_project("admin")
-        admin_user = keystone._find("users", "admin")
+        admin_user = keystone.find("users", "admin")
         assert admin_user is not None
         # Nova's case: the service user's token as X-Service-Token lets an expired
         # user token through (keystonemiddleware's service_token_roles).
@@ -166,15 +136,15 @@ def world() -> Iterator[World]:
         glance.stop()
         keystone.stop()
         for master in masters:
-            for pid in _live_group(master):
+            for pid in group_pids(master):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         shutil.rmtree(state, ignore_errors=True)
-    left = [pid for master in masters for pid in _live_group(master)]
+    left = [pid for master in masters for pid in group_pids(master)]
     assert not left, f"processes left behind: {left}"
 
 
-DaemonFactory = Callable[..., Daemon]
+DaemonFactory = Callable[..., EdgecacheProcess]
 
 
 @pytest.fixture(scope="module")
@@ -182,13 +152,13 @@ def start_daemon(
     world: World, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[DaemonFactory]:
     """Start edgecache daemons in keystone mode in front of the session's Glance."""
-    started: list[Daemon] = []
+    started: list[EdgecacheProcess] = []
 
     def start(*, auth_cache_ttl: int = AUTH_CACHE_TTL, default: Mapping[str, str] | None = None,
-              **upstream: str) -> Daemon:
+              **upstream: str) -> EdgecacheProcess:
         options = world.daemon_options(**upstream)
         options["DEFAULT"].update(default or {})
-        daemon = Daemon(
+        daemon = EdgecacheProcess(
             tmp_path_factory.mktemp("edgecache"),
             glance_endpoints=[world.glance.url],
             max_size="2G",
@@ -203,7 +173,7 @@ def start_daemon(
     for daemon in started:
         pid = daemon.pid if daemon.running else None
         daemon.stop()
-        assert pid is None or not Path(f"/proc/{pid}").exists(), f"edgecache {pid} left behind"
+        assert pid is None or not alive(pid), f"edgecache {pid} left behind"
 
 
 @contextlib.contextmanager
@@ -215,10 +185,9 @@ def glance_stopped(world: World) -> Iterator[None]:
     os.killpg(master, signal.SIGKILL)
     world.glance.stop()  # reaps it
     # SIGKILL is delivered at once, but workers can take a moment to finish dying.
-    deadline = time.monotonic() + 10
-    while _live_group(master) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert world.glance.pid is None and not _live_group(master)
+    with contextlib.suppress(WaitTimeout):
+        wait_until(lambda: not group_pids(master), "Glance's workers to die", 10)
+    assert world.glance.pid is None and not group_pids(master)
     try:
         yield
     finally:

@@ -14,15 +14,16 @@ from collections.abc import Iterator
 import pytest
 import requests
 
+from lab.edgecache import EdgecacheProcess
+from lab.polling import wait_until
 from tests.keystone.conftest import AUTH_CACHE_TTL, DaemonFactory, Image, World
-from tests.support.daemon import Daemon, wait_for
 
 #: every token a test sent, to prove none of them reached the daemon's log
 SENT_TOKENS: list[str] = []
 
 
 @pytest.fixture(scope="module")
-def edge(start_daemon: DaemonFactory) -> Iterator[Daemon]:
+def edge(start_daemon: DaemonFactory) -> Iterator[EdgecacheProcess]:
     daemon = start_daemon()
     yield daemon
     log = daemon.log_text()
@@ -30,7 +31,7 @@ def edge(start_daemon: DaemonFactory) -> Iterator[Daemon]:
     assert not leaked, f"tokens in the daemon's log: {leaked}"
 
 
-def get(edge: Daemon, path: str, token: str | None, *, method: str = "GET",
+def get(edge: EdgecacheProcess, path: str, token: str | None, *, method: str = "GET",
         **headers: str) -> requests.Response:
     if token is not None:
         SENT_TOKENS.append(token)
@@ -40,23 +41,23 @@ def get(edge: Daemon, path: str, token: str | None, *, method: str = "GET",
     return requests.request(method, edge.url + path, headers=headers, timeout=60)
 
 
-def download_ok(edge: Daemon, image: Image, token: str, **headers: str) -> None:
+def download_ok(edge: EdgecacheProcess, image: Image, token: str, **headers: str) -> None:
     response = get(edge, image.path, token, **headers)
     assert response.status_code == 200, response.text[:300]
     assert response.headers["Content-Type"] == "application/octet-stream"
     assert hashlib.sha512(response.content).hexdigest() == image.sha512
 
 
-def cached(edge: Daemon, image: Image) -> bool:
+def cached(edge: EdgecacheProcess, image: Image) -> bool:
     return (edge.data_dir / image.id).is_file()
 
 
 def test_private_image_is_404_to_another_project_even_when_cached(
-    world: World, edge: Daemon
+    world: World, edge: EdgecacheProcess
 ) -> None:
     image = world.new_image("alice", visibility="private")
     download_ok(edge, image, world.token("alice"))
-    wait_for(lambda: cached(edge, image), "alice's download to be committed")
+    wait_until(lambda: cached(edge, image), "alice's download to be committed")
     download_ok(edge, image, world.token("alice"))  # a hit
 
     bob = world.token("bob")
@@ -73,11 +74,11 @@ def test_private_image_is_404_to_another_project_even_when_cached(
     download_ok(edge, image, world.token("alice"))
 
 
-def test_missing_garbage_and_expired_tokens_are_401(world: World, edge: Daemon) -> None:
+def test_missing_garbage_and_expired_tokens_are_401(world: World, edge: EdgecacheProcess) -> None:
     image = world.new_image("alice", visibility="private")
     alice = world.token("alice")
     download_ok(edge, image, alice)
-    wait_for(lambda: cached(edge, image), "the image to be committed")
+    wait_until(lambda: cached(edge, image), "the image to be committed")
     expired = world.expired_token("alice")
 
     for token in (None, "garbage", "gAAAAAB" + "x" * 180, expired):
@@ -96,7 +97,7 @@ def test_missing_garbage_and_expired_tokens_are_401(world: World, edge: Daemon) 
     assert get(edge, "/healthcheck", None).status_code == 200
 
 
-def test_service_token_is_honoured_and_forwarded(world: World, edge: Daemon) -> None:
+def test_service_token_is_honoured_and_forwarded(world: World, edge: EdgecacheProcess) -> None:
     """Nova's long operations: an expired user token plus a valid service token."""
     image = world.new_image("alice", visibility="private")
     download_ok(edge, image, world.token("alice"))
@@ -114,26 +115,26 @@ def test_service_token_is_honoured_and_forwarded(world: World, edge: Daemon) -> 
     assert answer.json()["id"] == image.id
 
 
-def test_a_member_of_a_shared_image_can_download_it(world: World, edge: Daemon) -> None:
+def test_a_member_of_a_shared_image_can_download_it(world: World, edge: EdgecacheProcess) -> None:
     image = world.new_image("alice", visibility="shared")
     world.glance.share_image(image.id, world.token("alice"), world.project_of("bob"),
                              world.token("bob"))
     download_ok(edge, image, world.token("bob"))  # bob's download fills the cache
-    wait_for(lambda: cached(edge, image), "the image to be committed")
+    wait_until(lambda: cached(edge, image), "the image to be committed")
     download_ok(edge, image, world.token("alice"))
     download_ok(edge, image, world.token("bob"))
     assert get(edge, image.path, world.token("carol")).status_code == 404
 
 
 def test_deactivated_image_is_403_to_a_member_and_served_to_an_admin(
-    world: World, edge: Daemon
+    world: World, edge: EdgecacheProcess
 ) -> None:
     image = world.new_image("alice", visibility="shared")
     world.glance.share_image(image.id, world.token("alice"), world.project_of("bob"),
                              world.token("bob"))
     bob = world.token("bob")
     download_ok(edge, image, bob)
-    wait_for(lambda: cached(edge, image), "the image to be committed")
+    wait_until(lambda: cached(edge, image), "the image to be committed")
 
     world.glance.deactivate_image(image.id)
     time.sleep(AUTH_CACHE_TTL + 0.5)  # bob's earlier 'yes' expires
@@ -149,12 +150,12 @@ def test_deactivated_image_is_403_to_a_member_and_served_to_an_admin(
 
 
 def test_image_deleted_in_glance_is_404_within_the_ttl_and_purged(
-    world: World, edge: Daemon
+    world: World, edge: EdgecacheProcess
 ) -> None:
     image = world.new_image("alice", visibility="private")
     alice = world.token("alice")
     download_ok(edge, image, alice)
-    wait_for(lambda: cached(edge, image), "the image to be committed")
+    wait_until(lambda: cached(edge, image), "the image to be committed")
     download_ok(edge, image, alice)  # Glance's 'yes' is now reused for AUTH_CACHE_TTL
 
     deleted = world.glance.request("DELETE", f"/v2/images/{image.id}",
@@ -165,19 +166,21 @@ def test_image_deleted_in_glance_is_404_within_the_ttl_and_purged(
         assert time.monotonic() - started < AUTH_CACHE_TTL + 1, "still served after the ttl"
         time.sleep(0.2)
     assert status == 404
-    wait_for(lambda: not cached(edge, image), "the copy of the deleted image to be purged",
+    wait_until(lambda: not cached(edge, image), "the copy of the deleted image to be purged",
              timeout=10)
     assert "deleted upstream" in edge.log_text()
 
 
-def test_a_changed_image_is_never_served_from_the_old_copy(world: World, edge: Daemon) -> None:
+def test_a_changed_image_is_never_served_from_the_old_copy(
+    world: World, edge: EdgecacheProcess
+) -> None:
     """A property edit changes ``updated_at``, never an active image's bytes: the hash
     decides and the committed copy stays a hit. (Glance cannot change an active
     image's bytes; tests/functional/test_revalidation.py changes them in FaultyGlance.)"""
     image = world.new_image("alice", visibility="private")
     alice = world.token("alice")
     download_ok(edge, image, alice)
-    wait_for(lambda: cached(edge, image), "the image to be committed")
+    wait_until(lambda: cached(edge, image), "the image to be committed")
     inode = (edge.data_dir / image.id).stat().st_ino
     patched = world.glance.request(
         "PATCH", f"/v2/images/{image.id}",

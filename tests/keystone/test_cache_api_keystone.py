@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 
+from lab.polling import wait_until
 from tests.keystone.conftest import DaemonFactory, World
-from tests.operator.support import glance_cli, request, wait_until
+from tests.operator.support import glance_cli, request
 
 
 def _cached(url: str, token: str) -> set[str]:

@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 import pytest
 import requests
 
+from lab.edgecache import EdgecacheProcess
+from lab.httpclient import raw_request
+from lab.polling import wait_until
 from tests.keystone.conftest import DaemonFactory, Image, World
-from tests.support.daemon import Daemon, raw_request, wait_for
 
 CLIENT_SOCKET_TIMEOUT = 3
 IDLE_CONNECTIONS = 2000
@@ -70,7 +72,7 @@ class SlowDownload:
 
 
 @pytest.fixture(scope="module")
-def setting(world: World, start_daemon: DaemonFactory) -> Iterator[tuple[Daemon, Image]]:
+def setting(world: World, start_daemon: DaemonFactory) -> Iterator[tuple[EdgecacheProcess, Image]]:
     daemon = start_daemon(default={"client_socket_timeout": str(CLIENT_SOCKET_TIMEOUT)})
     image = world.new_image("alice", size=IMAGE_SIZE, visibility="private")
     yield daemon, image
@@ -78,17 +80,17 @@ def setting(world: World, start_daemon: DaemonFactory) -> Iterator[tuple[Daemon,
 
 
 @pytest.fixture
-def download(world: World, setting: tuple[Daemon, Image]) -> Iterator[SlowDownload]:
+def download(world: World, setting: tuple[EdgecacheProcess, Image]) -> Iterator[SlowDownload]:
     """Started before the hostile client acts; its hash is checked after it is done."""
     daemon, image = setting
     slow = SlowDownload(daemon.url + image.path, world.token("alice"))
     slow.start()
-    wait_for(lambda: slow.status is not None, "the download to start", timeout=30)
+    wait_until(lambda: slow.status is not None, "the download to start", timeout=30)
     yield slow
     assert slow.finish() == image.sha512
 
 
-def _prompt(daemon: Daemon, world: World, image: Image) -> None:
+def _prompt(daemon: EdgecacheProcess, world: World, image: Image) -> None:
     """Others are still served, quickly: a version document and a whole image."""
     started = time.monotonic()
     assert requests.get(daemon.url + "/versions", timeout=10).status_code == 200
@@ -114,7 +116,7 @@ def _closed_by_peer(sock: socket.socket, within: float) -> float | None:
 
 
 def test_oversized_headers_and_request_ids(
-    world: World, setting: tuple[Daemon, Image], download: SlowDownload
+    world: World, setting: tuple[EdgecacheProcess, Image], download: SlowDownload
 ) -> None:
     daemon, image = setting
     token = world.token("alice")
@@ -136,7 +138,7 @@ def test_oversized_headers_and_request_ids(
 
 
 def test_slow_headers_client_is_cut_off(
-    world: World, setting: tuple[Daemon, Image], download: SlowDownload
+    world: World, setting: tuple[EdgecacheProcess, Image], download: SlowDownload
 ) -> None:
     daemon, image = setting
     with socket.create_connection(("127.0.0.1", daemon.port), timeout=5) as sock:
@@ -158,7 +160,7 @@ def test_slow_headers_client_is_cut_off(
 
 
 def test_two_thousand_idle_connections(
-    world: World, setting: tuple[Daemon, Image], download: SlowDownload
+    world: World, setting: tuple[EdgecacheProcess, Image], download: SlowDownload
 ) -> None:
     daemon, image = setting
     idle: list[socket.socket] = []
@@ -200,7 +202,7 @@ GARBAGE_RANGES = [
 
 
 def test_garbage_ranges_are_client_errors(
-    world: World, setting: tuple[Daemon, Image], download: SlowDownload
+    world: World, setting: tuple[EdgecacheProcess, Image], download: SlowDownload
 ) -> None:
     daemon, image = setting
     token = world.token("alice")

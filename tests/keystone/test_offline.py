@@ -12,8 +12,8 @@ import time
 
 import requests
 
+from lab.polling import wait_until
 from tests.keystone.conftest import DaemonFactory, World, glance_stopped
-from tests.support.daemon import wait_for
 
 OFFLINE_AUTH_TTL = 8
 
@@ -37,7 +37,7 @@ def test_cached_images_are_served_only_to_recently_authorized_callers(
     for daemon in (on, off):
         assert hashlib.sha512(fetch(daemon.url, alice).content).hexdigest() == digest
         committed = daemon.data_dir / image.id
-        wait_for(committed.is_file, "the commit")
+        wait_until(committed.is_file, "the commit")
     # Authorized for not_cached too, but holding no copy of it.
     assert requests.head(on.url + not_cached.path, headers={"X-Auth-Token": alice},
                          timeout=30).status_code == 200

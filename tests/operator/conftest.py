@@ -21,13 +21,14 @@ from pathlib import Path
 
 import pytest
 
-from lab.glance import LocalGlance, default_state_root, ensure_venv
+from lab.glance import LocalGlance, ensure_glance_venv
+from lab.venvs import default_state_root
 from tests.operator.support import Image, ImageFactory
 
 
 @pytest.fixture(scope="session")
 def glance_venv() -> Path:
-    return ensure_venv(default_state_root())
+    return ensure_glance_venv(default_state_root())
 
 
 @pytest.fixture(scope="session")

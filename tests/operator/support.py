@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lab.edgecache import EdgecacheProcess, run_cli
 from lab.glance import LocalGlance
-from tests.support.daemon import Daemon, run_cli
 
-MiB = 1 << 20
 TOKEN = "noauth"
 #: The python-glanceclient CLI installed next to the test interpreter.
 GLANCE_CLI = Path(sys.executable).parent / "glance"
@@ -44,13 +43,13 @@ def operator_daemon(
     auth_cache_ttl: int = 1,
     cache: Mapping[str, object] | None = None,
     prefetch: Mapping[str, object] | None = None,
-) -> Daemon:
+) -> EdgecacheProcess:
     """A (not yet started) noauth daemon with extra ``[cache]`` and ``[prefetch]`` options."""
     options = {
         "cache": {key: str(value) for key, value in (cache or {}).items()},
         "prefetch": {key: str(value) for key, value in (prefetch or {}).items()},
     }
-    return Daemon(workdir, glance_endpoints=endpoints, max_size=max_size,
+    return EdgecacheProcess(workdir, glance_endpoints=endpoints, max_size=max_size,
                   auth_cache_ttl=auth_cache_ttl, stall_time=600, options=options)
 
 
@@ -86,16 +85,6 @@ def cached_ids(url: str) -> set[str]:
 def queued_ids(url: str) -> list[str]:
     queued: list[str] = cache_state(url)["queued_images"]
     return queued
-
-
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> float:
-    """Poll until ``predicate`` holds; returns the seconds it took."""
-    started = time.monotonic()
-    while not predicate():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
-    return time.monotonic() - started
 
 
 def download(url: str, image_id: str, timeout: float = 120.0) -> tuple[str, int, float]:

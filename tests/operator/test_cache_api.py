@@ -14,13 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.operator.support import MiB, cache_state, download, operator_daemon, request, wait_until
-from tests.support.daemon import Daemon, metric_value
+from lab.edgecache import EdgecacheProcess, metric_value
+from lab.polling import wait_until
+from lab.units import MiB
+from tests.operator.support import cache_state, download, operator_daemon, request
 from tests.support.faultyglance import Fault, FaultyGlance
 
 
 @pytest.fixture
-def edge(tmp_path: Path, faulty_glance_thread: FaultyGlance) -> Iterator[Daemon]:
+def edge(tmp_path: Path, faulty_glance_thread: FaultyGlance) -> Iterator[EdgecacheProcess]:
     with operator_daemon(tmp_path, [faulty_glance_thread.url]) as daemon:
         yield daemon
 
@@ -30,7 +32,7 @@ def add(fg: FaultyGlance, size: int = MiB, **kw: object) -> str:
     return str(meta["id"])
 
 
-def test_versions_list_the_cache_api(edge: Daemon) -> None:
+def test_versions_list_the_cache_api(edge: EdgecacheProcess) -> None:
     status, _, body = request(edge.url, "GET", "/versions")
     ids = {v["id"]: v["status"] for v in json.loads(body)["versions"]}
     assert status == 200
@@ -38,7 +40,9 @@ def test_versions_list_the_cache_api(edge: Daemon) -> None:
     assert ids["v2.18"] == "CURRENT"  # clean and prune are implemented
 
 
-def test_queue_list_delete_shapes(edge: Daemon, faulty_glance_thread: FaultyGlance) -> None:
+def test_queue_list_delete_shapes(
+    edge: EdgecacheProcess, faulty_glance_thread: FaultyGlance
+) -> None:
     fg = faulty_glance_thread
     image_id = add(fg)
     status, _, body = request(edge.url, "PUT", f"/v2/cache/{image_id}")
@@ -70,7 +74,7 @@ def test_queue_list_delete_shapes(edge: Daemon, faulty_glance_thread: FaultyGlan
     assert metric_value(edge.url, "edgecache_prefetch_queue_length") == 0
 
 
-def test_queue_refusals(edge: Daemon, faulty_glance_thread: FaultyGlance) -> None:
+def test_queue_refusals(edge: EdgecacheProcess, faulty_glance_thread: FaultyGlance) -> None:
     fg = faulty_glance_thread
     unknown = str(uuid.uuid4())
     assert request(edge.url, "PUT", f"/v2/cache/{unknown}")[0] == 404
@@ -113,7 +117,7 @@ def test_clear_targets(
         assert status == 400
 
 
-def test_clean_prune_and_methods(edge: Daemon) -> None:
+def test_clean_prune_and_methods(edge: EdgecacheProcess) -> None:
     status, _, body = request(edge.url, "POST", "/v2/cache/clean")
     assert status == 200
     status, _, body = request(edge.url, "POST", "/v2/cache/prune")
@@ -136,7 +140,7 @@ def test_clean_prune_and_methods(edge: Daemon) -> None:
     assert request(edge.url, "GET", "/image/v2/cache")[0] == 200
 
 
-def test_legacy_routes(edge: Daemon, faulty_glance_thread: FaultyGlance) -> None:
+def test_legacy_routes(edge: EdgecacheProcess, faulty_glance_thread: FaultyGlance) -> None:
     fg = faulty_glance_thread
     image_id = add(fg)
     status, _, body = request(edge.url, "PUT", f"/v2/queued_images/{image_id}")
@@ -157,7 +161,9 @@ def test_legacy_routes(edge: Daemon, faulty_glance_thread: FaultyGlance) -> None
     assert (status, json.loads(body)) == (200, {"num_deleted": 0})
 
 
-def test_failed_prefetch_is_reported(edge: Daemon, faulty_glance_thread: FaultyGlance) -> None:
+def test_failed_prefetch_is_reported(
+    edge: EdgecacheProcess, faulty_glance_thread: FaultyGlance
+) -> None:
     fg = faulty_glance_thread
     image_id = add(fg, fault=Fault(status=403))
     assert request(edge.url, "PUT", f"/v2/cache/{image_id}")[0] == 202

@@ -14,16 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.operator.support import (
-    MiB,
-    cache_state,
-    cached_ids,
-    download,
-    edgecache_cli,
-    operator_daemon,
-    wait_until,
-)
-from tests.support.daemon import Daemon, free_port
+from lab.edgecache import EdgecacheProcess
+from lab.polling import wait_until
+from lab.ports import free_port
+from lab.units import MiB
+from tests.operator.support import cache_state, cached_ids, download, edgecache_cli, operator_daemon
 from tests.support.faultyglance import Fault, FaultyGlance
 
 
@@ -33,7 +28,7 @@ def fg(faulty_glance_thread: FaultyGlance) -> FaultyGlance:
 
 
 @pytest.fixture
-def edge(tmp_path: Path, fg: FaultyGlance) -> Iterator[Daemon]:
+def edge(tmp_path: Path, fg: FaultyGlance) -> Iterator[EdgecacheProcess]:
     with operator_daemon(tmp_path, [fg.url], max_size="8M") as daemon:
         yield daemon
 
@@ -42,7 +37,7 @@ def add(fg: FaultyGlance, size: int = MiB, fault: Fault | None = None) -> str:
     return str(fg.add_image(os.urandom(size), fault=fault)["id"])
 
 
-def test_list_empty_and_json(edge: Daemon) -> None:
+def test_list_empty_and_json(edge: EdgecacheProcess) -> None:
     result = edgecache_cli(edge.url, "list")
     assert result.returncode == 0, result.stderr
     assert "No cached or queued images." in result.stdout
@@ -53,7 +48,7 @@ def test_list_empty_and_json(edge: Daemon) -> None:
     assert doc["usage"]["max_size"] == 8 * MiB
 
 
-def test_queue_wait_list_delete(edge: Daemon, fg: FaultyGlance) -> None:
+def test_queue_wait_list_delete(edge: EdgecacheProcess, fg: FaultyGlance) -> None:
     first, second = add(fg, 2 * MiB), add(fg, MiB)
     result = edgecache_cli(edge.url, "queue", "--wait", first, second)
     assert result.returncode == 0, result.stderr
@@ -72,7 +67,7 @@ def test_queue_wait_list_delete(edge: Daemon, fg: FaultyGlance) -> None:
     assert "404" in result.stderr and f"Image {first} not found" in result.stderr
 
 
-def test_queue_json_and_refusals(edge: Daemon, fg: FaultyGlance) -> None:
+def test_queue_json_and_refusals(edge: EdgecacheProcess, fg: FaultyGlance) -> None:
     good, unknown = add(fg), str(uuid.uuid4())
     result = edgecache_cli(edge.url, "--format", "json", "queue", good, unknown)
     assert result.returncode == 1, "one of the two was refused"
@@ -82,7 +77,7 @@ def test_queue_json_and_refusals(edge: Daemon, fg: FaultyGlance) -> None:
     assert f"Image {unknown} not found" in result.stderr
 
 
-def test_queue_wait_reports_a_failed_prefetch(edge: Daemon, fg: FaultyGlance) -> None:
+def test_queue_wait_reports_a_failed_prefetch(edge: EdgecacheProcess, fg: FaultyGlance) -> None:
     refused = add(fg, fault=Fault(status=403))
     result = edgecache_cli(edge.url, "queue", "--wait", refused)
     assert result.returncode == 1
@@ -114,13 +109,13 @@ def test_clear(tmp_path: Path, fg: FaultyGlance, target: str) -> None:
         assert bool(state["queued_images"]) is (target == "cache")
 
 
-def test_clear_bad_target_is_a_usage_error(edge: Daemon) -> None:
+def test_clear_bad_target_is_a_usage_error(edge: EdgecacheProcess) -> None:
     result = edgecache_cli(edge.url, "clear", "--target", "cached")
     assert result.returncode == 2
     assert "Invalid value for '--target'" in result.stderr
 
 
-def test_pin_unpin(edge: Daemon, fg: FaultyGlance) -> None:
+def test_pin_unpin(edge: EdgecacheProcess, fg: FaultyGlance) -> None:
     small, big = add(fg, 2 * MiB), add(fg, 7 * MiB)
     download(edge.url, small)
     wait_until(lambda: small in cached_ids(edge.url), "the commit")
@@ -140,7 +135,7 @@ def test_pin_unpin(edge: Daemon, fg: FaultyGlance) -> None:
     assert result.returncode == 1 and "404" in result.stderr
 
 
-def test_verify(edge: Daemon, fg: FaultyGlance) -> None:
+def test_verify(edge: EdgecacheProcess, fg: FaultyGlance) -> None:
     image = add(fg)
     result = edgecache_cli(edge.url, "verify")
     assert (result.returncode, result.stdout.strip()) == (0, "No cached images.")

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from lab.edgecache import EdgecacheProcess
 from lab.glance import LocalGlance
+from lab.polling import wait_until
+from lab.units import MiB
 from tests.operator.support import (
     ImageFactory,
-    MiB,
     cache_manage,
     cache_state,
     cached_ids,
@@ -24,16 +26,16 @@ from tests.operator.support import (
     glance_cli,
     operator_daemon,
     queued_ids,
-    wait_until,
 )
-from tests.support.daemon import Daemon
 
 #: The slow image's prefetch takes 32 s at this cap: it stays queued while a test looks.
 SLOW_RATE = "1M"
 
 
 @pytest.fixture(scope="module")
-def edge(real_glance: LocalGlance, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+def edge(
+    real_glance: LocalGlance, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[EdgecacheProcess]:
     daemon = operator_daemon(
         tmp_path_factory.mktemp("edge-clients"), [real_glance.url],
         prefetch={"workers": 2, "max_rate": SLOW_RATE},
@@ -43,13 +45,13 @@ def edge(real_glance: LocalGlance, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 @pytest.fixture(autouse=True)
-def empty(edge: Daemon) -> Iterator[None]:
+def empty(edge: EdgecacheProcess) -> Iterator[None]:
     yield
     glance_cli(edge.url, "cache-clear")
 
 
 def test_glance_cache_queue_list_delete(
-    edge: Daemon, real_glance: LocalGlance, make_image: ImageFactory
+    edge: EdgecacheProcess, real_glance: LocalGlance, make_image: ImageFactory
 ) -> None:
     image = make_image(MiB)
     result = glance_cli(edge.url, "cache-queue", image.id)
@@ -80,7 +82,7 @@ def test_glance_cache_queue_list_delete(
 
 @pytest.mark.parametrize("target", ["cache", "queue", "both"])
 def test_glance_cache_clear_targets(
-    edge: Daemon, make_image: ImageFactory, target: str
+    edge: EdgecacheProcess, make_image: ImageFactory, target: str
 ) -> None:
     small, slow = make_image(MiB), make_image(32 * MiB)
     assert glance_cli(edge.url, "cache-queue", small.id).returncode == 0
@@ -100,7 +102,7 @@ def test_glance_cache_clear_targets(
 
 
 def test_glance_cache_manage(
-    edge: Daemon, glance_venv: Path, real_glance: LocalGlance, make_image: ImageFactory
+    edge: EdgecacheProcess, glance_venv: Path, real_glance: LocalGlance, make_image: ImageFactory
 ) -> None:
     image, slow = make_image(2 * MiB), make_image(32 * MiB)
 

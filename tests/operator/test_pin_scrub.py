@@ -6,26 +6,26 @@ import json
 from functools import partial
 from pathlib import Path
 
+from lab.edgecache import EdgecacheProcess, metric_value
 from lab.glance import LocalGlance
+from lab.polling import wait_until
+from lab.units import MiB
 from tests.operator.support import (
     ImageFactory,
-    MiB,
     cache_state,
     cached_ids,
     download,
     edgecache_cli,
     file_gets,
     operator_daemon,
-    wait_until,
 )
-from tests.support.daemon import Daemon, metric_value
 
 
-def _is_cached(daemon: Daemon, image_id: str) -> bool:
+def _is_cached(daemon: EdgecacheProcess, image_id: str) -> bool:
     return image_id in cached_ids(daemon.url)
 
 
-def _flip_byte(daemon: Daemon, image_id: str, offset: int) -> None:
+def _flip_byte(daemon: EdgecacheProcess, image_id: str, offset: int) -> None:
     """Bit rot in a committed file, behind edgecache's back."""
     with (daemon.data_dir / image_id).open("r+b") as fh:
         fh.seek(offset)

@@ -6,10 +6,12 @@ import threading
 import time
 from pathlib import Path
 
+from lab.edgecache import metric_value
 from lab.glance import LocalGlance
+from lab.polling import wait_until
+from lab.units import MiB
 from tests.operator.support import (
     ImageFactory,
-    MiB,
     cache_state,
     cached_ids,
     download,
@@ -17,9 +19,7 @@ from tests.operator.support import (
     file_gets,
     operator_daemon,
     queued_ids,
-    wait_until,
 )
-from tests.support.daemon import metric_value
 
 
 def _progress(url: str, image_id: str) -> int:

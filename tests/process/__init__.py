@@ -1,1 +1,1 @@
-"""The real daemon as a separate process, driven by blocking clients (tests/support/daemon.py)."""
+"""The real daemon as a separate process, driven by blocking clients (lab/edgecache.py)."""

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edgecache import __version__
-from tests.support.daemon import free_port, run_cli
+from lab.edgecache import EdgecacheConfig, run_cli
 
 #: A refused configuration must fail well before anything would be served.
 QUICK = 10.0
@@ -18,70 +18,37 @@ QUICK = 10.0
 @dataclass(frozen=True)
 class BadConfig:
     name: str
-    cache: str
-    upstream: str
+    #: what differs from a good noauth config, by section (None drops an option)
+    options: dict[str, dict[str, str | None]]
     #: words the one-line message must contain (the option, the offending value)
     mentions: tuple[str, ...]
-    default: str = "auth_strategy = noauth\n"
+
+
+def _bad(section: str, key: str, value: str | None) -> dict[str, dict[str, str | None]]:
+    return {section: {key: value}}
 
 
 BAD_CONFIGS = [
-    BadConfig("missing-glance-endpoints", "", "", ("glance_endpoints",)),
-    BadConfig("empty-glance-endpoints", "", "glance_endpoints =\n", ("glance_endpoints",)),
-    BadConfig(
-        "glance-endpoint-not-a-url",
-        "",
-        "glance_endpoints = glance.example.com:9292\n",
-        ("glance_endpoints", "glance.example.com:9292"),
-    ),
-    BadConfig(
-        "max-size-not-a-size",
-        "max_size = lots\n",
-        "glance_endpoints = http://127.0.0.1:9\n",
-        ("max_size", "lots"),
-    ),
-    BadConfig(
-        "max-size-negative",
-        "max_size = -5G\n",
-        "glance_endpoints = http://127.0.0.1:9\n",
-        ("max_size", "-5G"),
-    ),
-    BadConfig(
-        "max-size-unknown-suffix",
-        "max_size = 10X\n",
-        "glance_endpoints = http://127.0.0.1:9\n",
-        ("max_size", "10X"),
-    ),
-    BadConfig(
-        "stall-time-zero",
-        "stall_time = 0\n",
-        "glance_endpoints = http://127.0.0.1:9\n",
-        ("stall_time",),
-    ),
-    BadConfig(
-        "auth-strategy-unknown",
-        "",
-        "glance_endpoints = http://127.0.0.1:9\n",
-        ("auth_strategy",),
-        default="auth_strategy = magic\n",
-    ),
+    BadConfig("missing-glance-endpoints", _bad("upstream", "glance_endpoints", None),
+              ("glance_endpoints",)),
+    BadConfig("empty-glance-endpoints", _bad("upstream", "glance_endpoints", ""),
+              ("glance_endpoints",)),
+    BadConfig("glance-endpoint-not-a-url",
+              _bad("upstream", "glance_endpoints", "glance.example.com:9292"),
+              ("glance_endpoints", "glance.example.com:9292")),
+    BadConfig("max-size-not-a-size", _bad("cache", "max_size", "lots"), ("max_size", "lots")),
+    BadConfig("max-size-negative", _bad("cache", "max_size", "-5G"), ("max_size", "-5G")),
+    BadConfig("max-size-unknown-suffix", _bad("cache", "max_size", "10X"), ("max_size", "10X")),
+    BadConfig("stall-time-zero", _bad("cache", "stall_time", "0"), ("stall_time",)),
+    BadConfig("auth-strategy-unknown", _bad("DEFAULT", "auth_strategy", "magic"),
+              ("auth_strategy",)),
 ]
 
 
 def _write_config(tmp_path: Path, bad: BadConfig) -> Path:
-    config = tmp_path / "edgecache.conf"
-    config.write_text(
-        "[DEFAULT]\n"
-        "bind_host = 127.0.0.1\n"
-        f"bind_port = {free_port()}\n"
-        f"{bad.default}"
-        "\n[cache]\n"
-        f"directory = {tmp_path / 'cache'}\n"
-        f"{bad.cache}"
-        "\n[upstream]\n"
-        f"{bad.upstream}"
-    )
-    return config
+    config = EdgecacheConfig(glance_endpoints=["http://127.0.0.1:9"], cache_dir=tmp_path / "cache",
+                             options=bad.options)
+    return config.write(tmp_path / "edgecache.conf")
 
 
 def _assert_one_line_error(stderr: str, mentions: tuple[str, ...]) -> None:

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support.daemon import Daemon, metric_value, wait_for
+from lab.edgecache import EdgecacheProcess, metric_value
+from lab.polling import wait_until
+from lab.units import MiB
 from tests.support.faultyglance import Fault, FaultyGlance
-
-MiB = 1 << 20
 
 
 @pytest.fixture
@@ -33,8 +33,8 @@ def glance() -> Iterator[FaultyGlance]:
 
 
 @pytest.fixture
-def daemon(glance: FaultyGlance, tmp_path: Path) -> Iterator[Daemon]:
-    with Daemon(tmp_path / "edgecache", glance_endpoints=[glance.url]) as running:
+def daemon(glance: FaultyGlance, tmp_path: Path) -> Iterator[EdgecacheProcess]:
+    with EdgecacheProcess(tmp_path / "edgecache", glance_endpoints=[glance.url]) as running:
         yield running
 
 
@@ -42,7 +42,7 @@ def file_path(image_id: str) -> str:
     return f"/v2/images/{image_id}/file"
 
 
-def fetch_verified(daemon: Daemon, glance: FaultyGlance, image_id: str) -> None:
+def fetch_verified(daemon: EdgecacheProcess, glance: FaultyGlance, image_id: str) -> None:
     """GET the image through the daemon; it must be whole and hash to Glance's record."""
     meta = glance.metadata(image_id)
     with requests.get(daemon.url + file_path(image_id), stream=True, timeout=30) as response:
@@ -59,16 +59,16 @@ def fetch_verified(daemon: Daemon, glance: FaultyGlance, image_id: str) -> None:
     assert digest.hexdigest() == meta["os_hash_value"]
 
 
-def wait_committed(daemon: Daemon, image_id: str, occurrences: int = 1) -> None:
+def wait_committed(daemon: EdgecacheProcess, image_id: str, occurrences: int = 1) -> None:
     """The daemon logs ``committed image <id>`` once the file is renamed and indexed."""
-    wait_for(
+    wait_until(
         lambda: daemon.log_text().count(f"committed image {image_id}") >= occurrences,
         f"image {image_id} to be committed",
     )
     assert (daemon.data_dir / image_id).is_file()
 
 
-def partials(daemon: Daemon, image_id: str | None = None) -> list[Path]:
+def partials(daemon: EdgecacheProcess, image_id: str | None = None) -> list[Path]:
     pattern = f"{image_id}.*" if image_id else "*"
     return sorted(daemon.incomplete_dir.glob(pattern))
 
@@ -131,7 +131,7 @@ class RawDownload:
 
 
 def test_kill9_mid_fill_keeps_committed_images_and_drops_the_partial(
-    glance: FaultyGlance, daemon: Daemon
+    glance: FaultyGlance, daemon: EdgecacheProcess
 ) -> None:
     image_a = glance.add_image(os.urandom(4 * MiB))["id"]
     # 32 pieces of 64 KiB, 0.3 s apart: the fill of B takes about 10 s.
@@ -149,7 +149,7 @@ def test_kill9_mid_fill_keeps_committed_images_and_drops_the_partial(
     thread.start()
     try:
         assert client.first_bytes.wait(10), f"no bytes of B arrived ({client.ended_by})"
-        wait_for(
+        wait_until(
             lambda: any(p.stat().st_size > 0 for p in partials(daemon, image_b)),
             "a non-empty partial of B in incomplete/",
         )
@@ -193,7 +193,7 @@ def test_kill9_mid_fill_keeps_committed_images_and_drops_the_partial(
 
 
 def test_restart_keeps_the_index_and_reconciles_the_data_directory(
-    glance: FaultyGlance, daemon: Daemon
+    glance: FaultyGlance, daemon: EdgecacheProcess
 ) -> None:
     image_a = glance.add_image(os.urandom(3 * MiB))["id"]
     image_c = glance.add_image(os.urandom(2 * MiB + 12345))["id"]
@@ -248,7 +248,7 @@ def test_stalled_fill_is_abandoned_after_stall_time(
 ) -> None:
     size = 2 * MiB
     image_id = glance.add_image(os.urandom(size), fault=Fault(stall_after=256 * 1024))["id"]
-    with Daemon(
+    with EdgecacheProcess(
         tmp_path / "stall", glance_endpoints=[glance.url], stall_time=1
     ) as daemon:
         client = RawDownload(daemon.port, image_id)
@@ -257,7 +257,7 @@ def test_stalled_fill_is_abandoned_after_stall_time(
         assert client.content_length == size
         assert 0 < client.received < size
         assert client.ended_by in ("eof", "reset"), client.ended_by
-        wait_for(lambda: partials(daemon) == [], "the stalled partial to be removed")
+        wait_until(lambda: partials(daemon) == [], "the stalled partial to be removed")
         assert "made no progress" in daemon.log_text()
         assert not (daemon.data_dir / image_id).exists()
 
@@ -268,7 +268,7 @@ def test_stalled_fill_is_abandoned_after_stall_time(
 
 
 def test_sigterm_drains_a_fill_and_keeps_the_image(
-    glance: FaultyGlance, daemon: Daemon
+    glance: FaultyGlance, daemon: EdgecacheProcess
 ) -> None:
     """A fill that completes while the daemon drains on SIGTERM is committed, not thrown away."""
     size = 2 * MiB

@@ -24,7 +24,8 @@ from glanceclient import exc as glance_exc
 from requests.structures import CaseInsensitiveDict
 
 import edgecache
-from tests.support.daemon import Daemon, RawResponse, raw_request
+from lab.edgecache import EdgecacheProcess
+from lab.httpclient import RawResponse, raw_request
 from tests.support.faultyglance import FaultyGlance, RecordedRequest
 
 IMAGE_SIZE = 300_000
@@ -35,7 +36,7 @@ FIELD_LIMIT = 16384
 @dataclass(frozen=True)
 class Env:
     glance: FaultyGlance
-    daemon: Daemon
+    daemon: EdgecacheProcess
     image_id: str
     image_size: int
 
@@ -45,7 +46,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     with FaultyGlance() as glance:
         image_id = glance.add_image(os.urandom(IMAGE_SIZE))["id"]
         workdir = tmp_path_factory.mktemp("hostile")
-        with Daemon(workdir, glance_endpoints=[glance.url]) as daemon:
+        with EdgecacheProcess(workdir, glance_endpoints=[glance.url]) as daemon:
             yield Env(glance, daemon, image_id, IMAGE_SIZE)
 
 

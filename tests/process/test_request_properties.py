@@ -16,7 +16,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tests.support.daemon import Daemon, raw_request
+from lab.edgecache import EdgecacheProcess
+from lab.httpclient import raw_request
 from tests.support.faultyglance import FaultyGlance
 
 IMAGE_SIZE = 4096
@@ -25,7 +26,7 @@ _PRINTABLE = re.compile(r"^[\x21-\x7e]+$")
 
 @dataclass(frozen=True)
 class Env:
-    daemon: Daemon
+    daemon: EdgecacheProcess
     image_id: str
     data: bytes
 
@@ -35,7 +36,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     data = os.urandom(IMAGE_SIZE)
     with FaultyGlance() as glance:
         image_id = glance.add_image(data)["id"]
-        with Daemon(tmp_path_factory.mktemp("props"), glance_endpoints=[glance.url]) as daemon:
+        with EdgecacheProcess(
+            tmp_path_factory.mktemp("props"), glance_endpoints=[glance.url]
+        ) as daemon:
             assert raw_request(daemon.port, f"/v2/images/{image_id}/file").body == data
             yield Env(daemon, image_id, data)
             assert daemon.running

@@ -1,6 +1,6 @@
 """edgecache as operators run it: metrics, health, logs, systemd, signals (spec §4, §7, §8).
 
-The daemon runs as a process (:class:`tests.support.daemon.Daemon`) in front of a
+The daemon runs as a process (:class:`lab.edgecache.EdgecacheProcess`) in front of a
 FaultyGlance in thread mode; every check is made from outside, the way Prometheus,
 systemd or an operator sees it. The helpers below are shared by the modules here.
 """
@@ -10,18 +10,15 @@ from __future__ import annotations
 import hashlib
 import http.client
 import threading
-import time
 from dataclasses import dataclass, field
 
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from tests.support.daemon import REPO_ROOT
+from lab.polling import WaitTimeout, wait_until
 
-MiB = 1 << 20
-
-__all__ = ["REPO_ROOT", "Download", "MiB", "Scrape", "scrape", "scrape_text", "wait_metric"]
+__all__ = ["Download", "Scrape", "scrape", "scrape_text", "wait_metric"]
 
 Labels = frozenset[tuple[str, str]]
 
@@ -69,16 +66,18 @@ def wait_metric(url: str, name: str, expected: float, timeout: float = 10.0,
                 **labels: str) -> Scrape:
     """Poll the scrape until ``name{labels} == expected`` (counters move after the
     bytes leave, so a client may finish reading a hair before they do)."""
-    deadline = time.monotonic() + timeout
-    while True:
+    current = scrape(url)
+
+    def settled() -> bool:
+        nonlocal current
         current = scrape(url)
-        if current.get(name, **labels) == expected:
-            return current
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"{name}{labels} is {current.get(name, **labels)}, expected {expected}"
-            )
-        time.sleep(0.05)
+        return current.get(name, **labels) == expected
+
+    try:
+        wait_until(settled, f"{name}{labels} == {expected}", timeout)
+    except WaitTimeout as exc:
+        raise WaitTimeout(f"{exc}; it is {current.get(name, **labels)}") from None
+    return current
 
 
 @dataclass

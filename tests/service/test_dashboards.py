@@ -19,8 +19,10 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.service import REPO_ROOT, Download, MiB, scrape
-from tests.support.daemon import Daemon, wait_for
+from lab.edgecache import REPO_ROOT, EdgecacheProcess
+from lab.polling import wait_until
+from lab.units import MiB
+from tests.service import Download, scrape
 from tests.support.faultyglance import FaultyGlance
 
 RULES = REPO_ROOT / "etc" / "prometheus" / "edgecache-rules.yml"
@@ -134,11 +136,11 @@ def glance() -> Any:
 
 def test_every_metric_queried_is_in_a_real_scrape(glance: FaultyGlance, tmp_path: Path) -> None:
     image = glance.add_image(os.urandom(MiB))
-    with Daemon(tmp_path / "edgecache", glance_endpoints=[glance.url]) as daemon:
+    with EdgecacheProcess(tmp_path / "edgecache", glance_endpoints=[glance.url]) as daemon:
         for _ in range(2):  # a miss, then a hit
             got = Download(f"{daemon.url}/v2/images/{image['id']}/file").start().wait()
             assert got.status == 200
-        wait_for(lambda: (daemon.data_dir / image["id"]).exists(), "commit")
+        wait_until(lambda: (daemon.data_dir / image["id"]).exists(), "commit")
         scraped = scrape(daemon.url)
     exported = _exported_names(scraped.families, scraped.sample_names())
 

@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.service import Download, MiB
-from tests.support.daemon import Daemon, wait_for
+from lab.edgecache import EdgecacheProcess
+from lab.polling import wait_until
+from lab.units import MiB
+from tests.service import Download
 from tests.support.faultyglance import Fault, FaultyGlance
 
 _ACCESS = re.compile(
@@ -40,15 +42,15 @@ def test_every_line_of_a_request_names_it_and_each_request_gets_an_access_line(
 ) -> None:
     image = glance.add_image(os.urandom(MiB))
     path = f"/v2/images/{image['id']}/file"
-    with Daemon(tmp_path / "edgecache", glance_endpoints=[glance.url]) as daemon:
+    with EdgecacheProcess(tmp_path / "edgecache", glance_endpoints=[glance.url]) as daemon:
         miss = Download(daemon.url + path, headers={"X-OpenStack-Request-ID": "req-miss-1"})
         assert miss.start().wait().status == 200
-        wait_for(lambda: f"committed image {image['id']}" in daemon.log_text(), "commit")
+        wait_until(lambda: f"committed image {image['id']}" in daemon.log_text(), "commit")
         hit = Download(daemon.url + path, headers={"X-OpenStack-Request-ID": "req-hit-2"})
         assert hit.start().wait().status == 200
         assert requests.get(f"{daemon.url}/healthcheck", timeout=10).status_code == 200
         # An access line is written once the response is out: the client may be first.
-        wait_for(
+        wait_until(
             lambda: {"req-miss-1", "req-hit-2", "/healthcheck"}
             <= {m["rid"] for m in access_lines(daemon.log_text())}
             | {m["path"] for m in access_lines(daemon.log_text())},
@@ -85,10 +87,12 @@ def test_debug_and_log_file(glance: FaultyGlance, tmp_path: Path) -> None:
     image = glance.add_image(os.urandom(MiB))
     log_file = tmp_path / "edgecache-file.log"
     options = {"DEFAULT": {"debug": "true", "log_file": str(log_file)}}
-    with Daemon(tmp_path / "edgecache", glance_endpoints=[glance.url], options=options) as daemon:
+    with EdgecacheProcess(
+        tmp_path / "edgecache", glance_endpoints=[glance.url], options=options
+    ) as daemon:
         got = Download(f"{daemon.url}/v2/images/{image['id']}/file").start().wait()
         assert got.status == 200
-        wait_for(lambda: " DEBUG " in log_file.read_text(), "a DEBUG line in log_file")
+        wait_until(lambda: " DEBUG " in log_file.read_text(), "a DEBUG line in log_file")
         text = log_file.read_text()
         assert f"image {image['id']}: miss, started its fill" in text
         assert "edgecache listening on" in text
@@ -102,7 +106,7 @@ def test_a_client_that_leaves_mid_download_still_gets_an_access_line(
     image = glance.add_image(
         os.urandom(4 * MiB), fault=Fault(trickle_chunk=256 * 1024, trickle_delay=0.1)
     )
-    with Daemon(tmp_path / "edgecache", glance_endpoints=[glance.url]) as daemon:
+    with EdgecacheProcess(tmp_path / "edgecache", glance_endpoints=[glance.url]) as daemon:
         with requests.get(
             f"{daemon.url}/v2/images/{image['id']}/file", stream=True, timeout=10,
             headers={"X-OpenStack-Request-ID": "req-gone-3"},
@@ -110,7 +114,7 @@ def test_a_client_that_leaves_mid_download_still_gets_an_access_line(
             assert response.status_code == 200
             assert next(response.iter_content(64 * 1024))
         # The connection is closed here, long before the image is complete.
-        wait_for(lambda: "req-gone-3" in {m["rid"] for m in access_lines(daemon.log_text())},
+        wait_until(lambda: "req-gone-3" in {m["rid"] for m in access_lines(daemon.log_text())},
                  "the access line of the client that left")
         (line,) = [m for m in access_lines(daemon.log_text()) if m["rid"] == "req-gone-3"]
     assert (line["status"], line["cache"], line["route"]) == ("499", "miss", "image_data")

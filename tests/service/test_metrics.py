@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.service import Download, MiB, Scrape, scrape, wait_metric
-from tests.support.daemon import Daemon, wait_for
+from lab.edgecache import EdgecacheProcess
+from lab.polling import wait_until
+from lab.units import MiB
+from tests.service import Download, Scrape, scrape, wait_metric
 from tests.support.faultyglance import Fault, FaultyGlance
 
 SIZE = 2 * MiB
@@ -43,8 +45,10 @@ def glance() -> Iterator[FaultyGlance]:
 
 
 @pytest.fixture
-def daemon(glance: FaultyGlance, tmp_path: Path) -> Iterator[Daemon]:
-    with Daemon(tmp_path / "edgecache", glance_endpoints=[glance.url], max_size="64M") as running:
+def daemon(glance: FaultyGlance, tmp_path: Path) -> Iterator[EdgecacheProcess]:
+    with EdgecacheProcess(
+        tmp_path / "edgecache", glance_endpoints=[glance.url], max_size="64M"
+    ) as running:
         yield running
 
 
@@ -65,18 +69,18 @@ def moved(before: Scrape, after: Scrape) -> dict[str, float]:
     return changes
 
 
-def get(daemon: Daemon, image_id: str) -> Download:
+def get(daemon: EdgecacheProcess, image_id: str) -> Download:
     return Download(f"{daemon.url}/v2/images/{image_id}/file",
                     headers={"X-Auth-Token": TOKEN}).start()
 
 
-def settle(daemon: Daemon) -> None:
+def settle(daemon: EdgecacheProcess) -> None:
     """No fill running (the gauge is back to 0)."""
     wait_metric(daemon.url, "edgecache_fills_in_progress", 0.0)
 
 
 def test_counters_across_miss_hit_coalesced_integrity_and_upstream_errors(
-    daemon: Daemon, glance: FaultyGlance
+    daemon: EdgecacheProcess, glance: FaultyGlance
 ) -> None:
     url = daemon.url
     image = glance.add_image(os.urandom(SIZE))
@@ -194,7 +198,9 @@ def test_counters_across_miss_hit_coalesced_integrity_and_upstream_errors(
 
 
 def test_evictions_and_cache_gauges_follow_the_lru(glance: FaultyGlance, tmp_path: Path) -> None:
-    with Daemon(tmp_path / "edgecache", glance_endpoints=[glance.url], max_size="5M") as daemon:
+    with EdgecacheProcess(
+        tmp_path / "edgecache", glance_endpoints=[glance.url], max_size="5M"
+    ) as daemon:
         images = [glance.add_image(os.urandom(SIZE)) for _ in range(3)]
         for image in images[:2]:
             assert get(daemon, image["id"]).wait().status == 200
@@ -208,10 +214,10 @@ def test_evictions_and_cache_gauges_follow_the_lru(glance: FaultyGlance, tmp_pat
         after = wait_metric(daemon.url, "edgecache_cache_evictions_total", 1)
         assert after.get("edgecache_cache_images") == 2
         assert after.get("edgecache_cache_size_bytes") == 2 * SIZE
-        wait_for(lambda: not (daemon.data_dir / images[0]["id"]).exists(), "LRU file removed")
+        wait_until(lambda: not (daemon.data_dir / images[0]["id"]).exists(), "LRU file removed")
 
 
-def test_passthrough_and_own_routes_are_timed_by_route(daemon: Daemon) -> None:
+def test_passthrough_and_own_routes_are_timed_by_route(daemon: EdgecacheProcess) -> None:
     before = scrape(daemon.url)
     assert requests.get(f"{daemon.url}/v2/images", timeout=10).status_code == 200
     assert requests.get(f"{daemon.url}/healthcheck", timeout=10).status_code == 200
@@ -224,7 +230,7 @@ def test_passthrough_and_own_routes_are_timed_by_route(daemon: Daemon) -> None:
 
 
 def test_image_bytes_glance_serves_itself_count_as_upstream_bytes(
-    daemon: Daemon, glance: FaultyGlance
+    daemon: EdgecacheProcess, glance: FaultyGlance
 ) -> None:
     """A ranged miss is passed through (no fill from a partial read): still a miss, and
     its bytes are upstream bytes served, so the byte hit ratio stays honest."""

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.service import Download, MiB, scrape, wait_metric
-from tests.support.daemon import Daemon, wait_for
+from lab.edgecache import EdgecacheProcess
+from lab.polling import wait_until
+from lab.units import MiB
+from tests.service import Download, scrape, wait_metric
 from tests.support.faultyglance import Fault, FaultyGlance
 
 
@@ -44,12 +46,14 @@ def test_sigterm_lets_a_running_download_finish_and_refuses_new_connections(
         os.urandom(4 * MiB), fault=Fault(trickle_chunk=128 * 1024, trickle_delay=0.1)
     )
     options = {"DEFAULT": {"shutdown_timeout": "30"}}
-    with Daemon(tmp_path / "edgecache", glance_endpoints=[glance.url], options=options) as daemon:
+    with EdgecacheProcess(
+        tmp_path / "edgecache", glance_endpoints=[glance.url], options=options
+    ) as daemon:
         download = Download(f"{daemon.url}/v2/images/{image['id']}/file").start()
         assert download.first_byte.wait(10)
 
         daemon.signal(signal.SIGTERM)
-        wait_for(lambda: refuses_connections(daemon.port), "the listening socket to close", 5)
+        wait_until(lambda: refuses_connections(daemon.port), "the listening socket to close", 5)
         assert not download.done.is_set(), "the download should still be running"
         assert daemon.running
 
@@ -69,7 +73,9 @@ def test_sigterm_cuts_what_is_still_running_at_the_deadline(
 ) -> None:
     image = glance.add_image(os.urandom(4 * MiB), fault=Fault(stall_after=MiB))
     options = {"DEFAULT": {"shutdown_timeout": "1"}}
-    with Daemon(tmp_path / "edgecache", glance_endpoints=[glance.url], options=options) as daemon:
+    with EdgecacheProcess(
+        tmp_path / "edgecache", glance_endpoints=[glance.url], options=options
+    ) as daemon:
         download = Download(f"{daemon.url}/v2/images/{image['id']}/file").start()
         assert download.first_byte.wait(10)
         started = time.monotonic()
@@ -89,12 +95,14 @@ def test_sighup_with_a_smaller_max_size_evicts_at_once(
 ) -> None:
     size = 2 * MiB
     images = [glance.add_image(os.urandom(size)) for _ in range(3)]
-    with Daemon(tmp_path / "edgecache", glance_endpoints=[glance.url], max_size="8M") as daemon:
+    with EdgecacheProcess(
+        tmp_path / "edgecache", glance_endpoints=[glance.url], max_size="8M"
+    ) as daemon:
         for image in [*images, images[0]]:  # the first is used again: the second is the LRU
             got = Download(f"{daemon.url}/v2/images/{image['id']}/file").start().wait()
             assert (got.status, got.sha512) == (200, image["os_hash_value"])
             committed = daemon.data_dir / image["id"]
-            wait_for(committed.exists, "commit")
+            wait_until(committed.exists, "commit")
         full = wait_metric(daemon.url, "edgecache_cache_images", 3)
         assert full.get("edgecache_cache_max_size_bytes") == 8 * MiB
         assert " DEBUG " not in daemon.log_text()
@@ -106,7 +114,7 @@ def test_sighup_with_a_smaller_max_size_evicts_at_once(
         after = wait_metric(daemon.url, "edgecache_cache_evictions_total", 1)
         assert after.get("edgecache_cache_images") == 2
         assert after.get("edgecache_cache_size_bytes") == 2 * size
-        wait_for(lambda: not (daemon.data_dir / images[1]["id"]).exists(), "LRU file removed")
+        wait_until(lambda: not (daemon.data_dir / images[1]["id"]).exists(), "LRU file removed")
         assert sorted(p.name for p in daemon.data_dir.iterdir()) == sorted(
             [images[0]["id"], images[2]["id"]]
         )
@@ -115,7 +123,7 @@ def test_sighup_with_a_smaller_max_size_evicts_at_once(
         # debug = true took effect too: the next request logs at DEBUG.
         got = Download(f"{daemon.url}/v2/images/{images[0]['id']}/file").start().wait()
         assert got.status == 200
-        wait_for(lambda: f"image {images[0]['id']}: hit" in daemon.log_text(), "a DEBUG line")
+        wait_until(lambda: f"image {images[0]['id']}: hit" in daemon.log_text(), "a DEBUG line")
         assert daemon.running
         assert scrape(daemon.url).get("edgecache_cache_images") == 2
 
@@ -123,10 +131,12 @@ def test_sighup_with_a_smaller_max_size_evicts_at_once(
 def test_sighup_with_a_bad_value_keeps_the_running_configuration(
     glance: FaultyGlance, tmp_path: Path
 ) -> None:
-    with Daemon(tmp_path / "edgecache", glance_endpoints=[glance.url], max_size="8M") as daemon:
+    with EdgecacheProcess(
+        tmp_path / "edgecache", glance_endpoints=[glance.url], max_size="8M"
+    ) as daemon:
         daemon.reconfigure({"cache": {"max_size": "lots"}})
         daemon.signal(signal.SIGHUP)
-        wait_for(lambda: "SIGHUP: option max_size: 'lots' is not a size" in daemon.log_text(),
+        wait_until(lambda: "SIGHUP: option max_size: 'lots' is not a size" in daemon.log_text(),
                  "the refusal to be logged")
         assert daemon.running
         assert scrape(daemon.url).get("edgecache_cache_max_size_bytes") == 8 * MiB

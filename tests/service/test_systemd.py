@@ -24,8 +24,7 @@ from pathlib import Path
 import pytest
 
 from edgecache.daemon.config import service_opts
-from tests.service import REPO_ROOT
-from tests.support.daemon import Daemon
+from lab.edgecache import REPO_ROOT, EdgecacheProcess
 from tests.support.faultyglance import FaultyGlance
 
 UNIT = REPO_ROOT / "systemd" / "edgecache.service"
@@ -130,7 +129,7 @@ def test_ready_watchdog_reload_and_stopping_reach_notify_socket(
 ) -> None:
     sock, address = notify_socket
     env = {"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "200000"}  # a ping every 0.1 s
-    with FaultyGlance() as glance, Daemon(
+    with FaultyGlance() as glance, EdgecacheProcess(
         tmp_path / "edgecache", glance_endpoints=[glance.url], env=env
     ) as daemon:
         assert _messages(sock, "READY=1")[-1] == "READY=1"
@@ -157,7 +156,7 @@ def test_no_watchdog_pings_for_another_pid(
     """``WATCHDOG_PID`` names the watched process; an inheriting child must stay quiet."""
     sock, address = notify_socket
     env = {"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "100000", "WATCHDOG_PID": str(os.getpid())}
-    with FaultyGlance() as glance, Daemon(
+    with FaultyGlance() as glance, EdgecacheProcess(
         tmp_path / "edgecache", glance_endpoints=[glance.url], env=env
     ):
         _messages(sock, "READY=1")

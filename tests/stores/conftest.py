@@ -25,9 +25,11 @@ from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
 from edgecache.upstream.stores import FileStore, HttpStore, StoreBackend
-from lab.glance import LocalGlance, default_state_root, ensure_venv
+from lab.glance import LocalGlance, ensure_glance_venv
+from lab.motos3 import MotoS3, moto_s3
+from lab.procs import alive
 from lab.swift import LocalSwift, ensure_swift_venv
-from tests.support.motos3 import MotoS3, moto_s3
+from lab.venvs import default_state_root
 
 
 @dataclass(frozen=True)
@@ -107,17 +109,17 @@ async def store(
 
 
 @pytest.fixture(scope="session")
-def s3_server() -> Iterator[MotoS3]:
-    """moto's S3 server on 127.0.0.1 with an ``images`` bucket (tests/support/motos3.py)."""
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
+    """moto's S3 server on 127.0.0.1 with an ``images`` bucket (lab/motos3.py)."""
     pytest.importorskip("aiobotocore", reason="the s3 extra is not installed")
     pytest.importorskip("moto.server", reason="moto[server] is not installed")
-    with moto_s3("images") as server:
+    with moto_s3(tmp_path_factory.mktemp("moto") / "moto.log", "images") as server:
         yield server
 
 
 @pytest.fixture(scope="session")
 def local_swift() -> Iterator[LocalSwift]:
-    """A real single-node Swift (tempauth) on 127.0.0.1 (edgecache/localswift.py)."""
+    """A real single-node Swift (tempauth) on 127.0.0.1 (lab/swift.py)."""
     venv = ensure_swift_venv(default_state_root())
     unique = f"swift-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     state = default_state_root() / "tests" / unique
@@ -126,7 +128,7 @@ def local_swift() -> Iterator[LocalSwift]:
         with swift:
             pids = swift.pids()
             yield swift
-        assert not [pid for pid in pids if os.path.exists(f"/proc/{pid}")], \
+        assert not [pid for pid in pids if alive(pid)], \
             "Swift processes were left behind"
     finally:
         shutil.rmtree(state, ignore_errors=True)
@@ -135,7 +137,7 @@ def local_swift() -> Iterator[LocalSwift]:
 @pytest.fixture(scope="session")
 def locations_glance() -> Iterator[LocalGlance]:
     """A real Glance whose image records list their file-store ``locations``."""
-    venv = ensure_venv(default_state_root())
+    venv = ensure_glance_venv(default_state_root())
     unique = f"stores-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     state = default_state_root() / "tests" / unique
     glance = LocalGlance(state, venv, flavor="", show_multiple_locations=True)

@@ -14,13 +14,13 @@ from edgecache.metrics import Metrics
 from edgecache.model import ImageMeta
 from edgecache.upstream.glance import GlanceUpstream
 from edgecache.upstream.stores import DirectStoreSource, default_stores
+from lab.edgecache import EdgecacheProcess, metric_value
 from lab.glance import LocalGlance
+from lab.polling import wait_until
+from lab.units import MiB
 from tests.fleet.conftest import get
 from tests.functional import WAIT, eventually, file_path, start_edgecache
-from tests.support.daemon import Daemon, metric_value, wait_for
 from tests.support.faultyglance import Fault, FaultyGlance
-
-MiB = 1 << 20
 
 
 def test_a_glance_file_store_is_read_directly(
@@ -34,14 +34,14 @@ def test_a_glance_file_store_is_read_directly(
         {"url": (glance.data_dir / "images" / image_id).as_uri(), "metadata": {}}
     ]
 
-    with Daemon(
+    with EdgecacheProcess(
         tmp_path, glance_endpoints=[glance.url], auth_cache_ttl=1,
         options={"upstream": {"direct_stores": "true"}},
     ) as edge:
         status, body, whole = get(edge.url, file_path(image_id))
         assert (status, whole) == (200, True)
         assert hashlib.sha512(body).hexdigest() == image["os_hash_value"]
-        wait_for(lambda: (edge.data_dir / image_id).is_file(), "the commit")
+        wait_until(lambda: (edge.data_dir / image_id).is_file(), "the commit")
         assert glance.count_requests("GET", f"/v2/images/{image_id}", at_least=1) >= 1
         assert glance.count_requests("GET", file_path(image_id), at_least=1, timeout=1) == 0
         assert metric_value(edge.url, "edgecache_upstream_errors_total", reason="store") == 0

@@ -26,7 +26,11 @@ from pathlib import Path
 
 import pytest
 
-from lab.glance import LocalGlance, default_state_root, ensure_venv
+from lab.edgecache import EdgecacheProcess, metric_value
+from lab.glance import LocalGlance, ensure_glance_venv
+from lab.polling import wait_until
+from lab.units import MiB
+from lab.venvs import default_state_root
 from tests.fleet.conftest import get
 from tests.functional import file_path
 from tests.stores import test_swift_keystone as ks_module
@@ -37,9 +41,6 @@ from tests.stores.test_swift_keystone import (
     STORE_USER,
     KeystoneSwift,
 )
-from tests.support.daemon import Daemon, metric_value, wait_for
-
-MiB = 1 << 20
 
 # the Keystone + keystone-mode Swift pair, as its own module-scoped fixture here
 keystone_swift = ks_module.keystone_swift
@@ -48,7 +49,7 @@ keystone_swift = ks_module.keystone_swift
 @pytest.fixture(scope="module")
 def keystone_glance(keystone_swift: KeystoneSwift) -> Iterator[LocalGlance]:
     """A Glance whose default store is the keystone-mode Swift, listing locations."""
-    venv = ensure_venv(default_state_root())
+    venv = ensure_glance_venv(default_state_root())
     unique = f"glance-kss-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     state = default_state_root() / "tests" / unique
     glance = LocalGlance(
@@ -66,21 +67,10 @@ def keystone_glance(keystone_swift: KeystoneSwift) -> Iterator[LocalGlance]:
 
 def _edge_options(ks: KeystoneSwift) -> dict[str, dict[str, str]]:
     keystone = ks.keystone
-    admin = {
-        "auth_url": keystone.auth_url, "auth_type": "password", "username": "admin",
-        "password": keystone.admin_password, "user_domain_id": "default",
-        "project_name": "admin", "project_domain_id": "default",
-    }
     return {
         "DEFAULT": {"auth_strategy": "keystone"},
-        "keystone_authtoken": {
-            **admin, "www_authenticate_uri": keystone.auth_url,
-            "region_name": keystone.region, "memcached_servers": "",
-        },
-        "upstream_auth": {
-            **admin, "username": STORE_USER, "password": STORE_PASSWORD,
-            "project_name": STORE_PROJECT,
-        },
+        "keystone_authtoken": keystone.authtoken_options(),
+        "upstream_auth": keystone.credentials(STORE_USER, STORE_PASSWORD, STORE_PROJECT),
         "upstream": {"direct_stores": "true"},
     }
 
@@ -104,14 +94,14 @@ def test_an_image_glance_stored_in_keystone_swift_is_read_from_swift(
     assert (status, stored) == (200, data)
     assert not (glance.data_dir / "images" / image_id).exists()
 
-    with Daemon(
+    with EdgecacheProcess(
         tmp_path, glance_endpoints=[glance.url], auth_cache_ttl=1, options=_edge_options(ks),
     ) as edge:
         status, body, whole = get(edge.url, file_path(image_id),
                                   headers={"X-Auth-Token": ks.token()})
         assert (status, whole) == (200, True), body[:500]
         assert hashlib.sha512(body).hexdigest() == image["os_hash_value"]
-        wait_for(lambda: (edge.data_dir / image_id).is_file(), "the commit")
+        wait_until(lambda: (edge.data_dir / image_id).is_file(), "the commit")
         assert glance.count_requests("GET", f"/v2/images/{image_id}", at_least=1) >= 1
         assert glance.count_requests("GET", file_path(image_id), at_least=1, timeout=1) == 0
         assert metric_value(edge.url, "edgecache_upstream_errors_total", reason="store") == 0

@@ -29,13 +29,14 @@ from pathlib import Path
 
 import pytest
 
-from lab.glance import LocalGlance, default_state_root, ensure_venv
+from lab.edgecache import EdgecacheProcess, metric_value
+from lab.glance import LocalGlance, ensure_glance_venv
+from lab.polling import wait_until
 from lab.swift import KEY, USER, LocalSwift
+from lab.units import MiB
+from lab.venvs import default_state_root
 from tests.fleet.conftest import get
 from tests.functional import file_path
-from tests.support.daemon import Daemon, metric_value, wait_for
-
-MiB = 1 << 20
 
 
 class AuthShim(ThreadingHTTPServer):
@@ -114,13 +115,13 @@ class _ShimHandler(BaseHTTPRequestHandler):
                 "endpoints": [
                     {"id": f"swift-{interface}", "interface": interface,
                      "region": "RegionOne", "region_id": "RegionOne",
-                     "url": headers["X-Storage-Url"]}
+                     "url": headers["x-storage-url"]}
                     for interface in ("public", "internal", "admin")
                 ],
             }],
         }
         self._reply(201, {"Content-Type": "application/json",
-                          "X-Subject-Token": headers["X-Auth-Token"]},
+                          "X-Subject-Token": headers["x-auth-token"]},
                     json.dumps({"token": token}).encode())
 
 
@@ -140,7 +141,7 @@ def auth_shim(local_swift: LocalSwift) -> Iterator[AuthShim]:
 @pytest.fixture(scope="module")
 def swift_glance(auth_shim: AuthShim) -> Iterator[LocalGlance]:
     """A Glance whose default store is ``local_swift`` and whose records list locations."""
-    venv = ensure_venv(default_state_root())
+    venv = ensure_glance_venv(default_state_root())
     unique = f"glance-swift-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     state = default_state_root() / "tests" / unique
     glance = LocalGlance(
@@ -174,14 +175,14 @@ def test_an_image_glance_stored_in_swift_is_read_from_swift(
     assert (status, stored) == (200, data)
     assert not (glance.data_dir / "images" / image_id).exists()
 
-    with Daemon(
+    with EdgecacheProcess(
         tmp_path, glance_endpoints=[glance.url], auth_cache_ttl=1,
         options={"upstream": {"direct_stores": "true"}},
     ) as edge:
         status, body, whole = get(edge.url, file_path(image_id))
         assert (status, whole) == (200, True)
         assert hashlib.sha512(body).hexdigest() == image["os_hash_value"]
-        wait_for(lambda: (edge.data_dir / image_id).is_file(), "the commit")
+        wait_until(lambda: (edge.data_dir / image_id).is_file(), "the commit")
         assert glance.count_requests("GET", f"/v2/images/{image_id}", at_least=1) >= 1
         assert glance.count_requests("GET", file_path(image_id), at_least=1, timeout=1) == 0
         assert metric_value(edge.url, "edgecache_upstream_errors_total", reason="store") == 0

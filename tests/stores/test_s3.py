@@ -1,7 +1,7 @@
 """The ``s3`` store backend beyond the shared contract: Glance's URLs, errors, a fill from S3.
 
 The contract suite (test_contract.py) already runs against moto's S3 server;
-this adds what is particular to S3 (see tests/support/motos3.py for what moto
+this adds what is particular to S3 (see lab/motos3.py for what moto
 does not cover).
 """
 
@@ -17,13 +17,13 @@ from pytest_aiohttp import AiohttpClient
 from edgecache.errors import NotFound, UpstreamError
 from edgecache.upstream.stores import StoreRegistry
 from edgecache.upstream.stores.s3 import S3Location, S3Store
+from lab.motos3 import SECRET_KEY, MotoS3
+from lab.units import MiB
 from tests.functional import file_path, start_edgecache
 from tests.support.faultyglance import FaultyGlance
-from tests.support.motos3 import SECRET_KEY, MotoS3
 
 pytest.importorskip("aiobotocore", reason="the s3 extra is not installed")
 
-MiB = 1 << 20
 
 
 @pytest.mark.parametrize(

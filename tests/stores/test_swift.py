@@ -24,10 +24,9 @@ from edgecache.errors import NotFound, UpstreamError
 from edgecache.model import ImageBody
 from edgecache.upstream.stores.swift import KeystoneSession, SwiftStore, parse_location
 from lab.swift import KEY, LocalSwift
+from lab.units import MiB
 from tests.functional import file_path, start_edgecache
 from tests.support.faultyglance import FaultyGlance
-
-MiB = 1 << 20
 
 
 async def read_all(body: ImageBody) -> bytes:

@@ -28,11 +28,13 @@ from edgecache.daemon import config
 from edgecache.errors import NotFound
 from edgecache.model import ImageBody
 from edgecache.upstream.stores.swift import KeystoneSession, SwiftStore
-from lab.glance import default_state_root
+from lab.edgecache import EdgecacheConfig
 from lab.keystone import LocalKeystone, ensure_keystone_venv
+from lab.procs import alive
 from lab.swift import KeystoneAuth, LocalSwift, ensure_swift_venv
+from lab.units import MiB
+from lab.venvs import default_state_root
 
-MiB = 1 << 20
 STORE_USER = "glance"
 STORE_PASSWORD = "glance-store-pw"
 STORE_PROJECT = "glance-store"
@@ -77,19 +79,14 @@ class KeystoneSwift:
     def upstream_auth(self, tmp_path: Path) -> KeystoneSession:
         """The keystoneauth1 session edgecache builds from its ``[upstream_auth]`` section."""
         ks = self.keystone
-        conf = tmp_path / "edgecache.conf"
-        conf.write_text(
-            "[DEFAULT]\nauth_strategy = keystone\n"
-            "[upstream]\nglance_endpoints = http://127.0.0.1:9\n"
-            "[keystone_authtoken]\n"
-            f"auth_type = password\nauth_url = {ks.auth_url}\nusername = admin\n"
-            f"password = {ks.admin_password}\nuser_domain_id = default\n"
-            "project_name = admin\nproject_domain_id = default\n"
-            "[upstream_auth]\n"
-            f"auth_type = password\nauth_url = {ks.auth_url}\nusername = {STORE_USER}\n"
-            f"password = {STORE_PASSWORD}\nuser_domain_id = default\n"
-            f"project_name = {STORE_PROJECT}\nproject_domain_id = default\n"
-        )
+        conf = EdgecacheConfig(
+            glance_endpoints=["http://127.0.0.1:9"], cache_dir=tmp_path / "cache",
+            options={
+                "DEFAULT": {"auth_strategy": "keystone"},
+                "keystone_authtoken": ks.credentials(),
+                "upstream_auth": ks.credentials(STORE_USER, STORE_PASSWORD, STORE_PROJECT),
+            },
+        ).write(tmp_path / "edgecache.conf")
         session = config.load(["--config-file", str(conf)]).prefetch.upstream_auth
         assert session is not None
         return session
@@ -117,7 +114,7 @@ def keystone_swift() -> Iterator[KeystoneSwift]:
                 pids = swift.pids()
                 yield KeystoneSwift(keystone, swift, project_id)
         assert keystone.pid is None
-        assert not [pid for pid in pids if os.path.exists(f"/proc/{pid}")], \
+        assert not [pid for pid in pids if alive(pid)], \
             "Swift processes were left behind"
     finally:
         shutil.rmtree(state, ignore_errors=True)

@@ -16,9 +16,8 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
+from lab.units import MiB
 from tests.support.faultyglance import Fault, FaultyGlance
-
-MiB = 1024 * 1024
 
 
 @pytest.fixture

@@ -28,9 +28,8 @@ from edgecache.errors import (
 )
 from edgecache.metrics import Metrics
 from edgecache.model import ImageBody, ImageMeta
+from lab.units import KiB
 from tests.support.clock import FakeClock
-
-KiB = 1 << 10
 
 
 def record(image_id: str, data: bytes, **changes: object) -> ImageMeta:

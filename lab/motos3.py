@@ -11,26 +11,22 @@ signatures, keeps objects in memory, and has no virtual-host addressing here
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from lab.httpclient import status_of
+from lab.ports import LOOPBACK, free_port
+from lab.procs import Process
+
+__all__ = ["ACCESS_KEY", "SECRET_KEY", "MotoS3", "moto_s3"]
 
 ACCESS_KEY = "edgecache"
 #: AWS secrets may hold "/" and "+": Glance writes them into the URL as they are
 SECRET_KEY = "se/cret+Key0"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -38,7 +34,7 @@ class MotoS3:
     """A running moto server and a boto3 client for arranging objects in it."""
 
     endpoint: str
-    process: subprocess.Popen[bytes]
+    process: Process
     client: Any
 
     @property
@@ -55,39 +51,22 @@ class MotoS3:
 
 
 @contextmanager
-def moto_s3(bucket: str = "images") -> Iterator[MotoS3]:
+def moto_s3(log: Path, bucket: str = "images") -> Iterator[MotoS3]:
     """A moto server on a free 127.0.0.1 port with ``bucket`` made; stopped by pid at exit."""
     import boto3
 
-    port = _free_port()
+    port = free_port()
+    endpoint = f"http://{LOOPBACK}:{port}"
     env = dict(os.environ, AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+    server = Process(
+        [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(port)],
+        log=log, name=f"moto_server at {endpoint}", env=env, start_timeout=20,
+        ready=lambda: status_of(endpoint + "/moto-api/", timeout=1) is not None,
     )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"moto_server exited with {process.returncode}")
-            try:
-                with urllib.request.urlopen(endpoint + "/moto-api/", timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("moto_server did not answer within 20 s") from None
-                time.sleep(0.1)
+    with server:
         client = boto3.client(
             "s3", endpoint_url=endpoint, region_name="us-east-1",
             aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
         )
         client.create_bucket(Bucket=bucket)
-        yield MotoS3(endpoint, process, client)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        yield MotoS3(endpoint, server, client)

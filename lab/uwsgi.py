@@ -1,0 +1,124 @@
+"""A WSGI application under uWSGI: how the lab runs Glance and Keystone.
+
+Neither ships a standalone server any more. Both run with ``lazy-apps``, so
+each worker imports the application itself, seconds after the first one
+answers: readiness waits for every worker, which makes timings repeatable and
+avoids stopping a worker mid-import (it would ignore the graceful signal).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+from collections.abc import Mapping
+from pathlib import Path
+
+from lab.httpclient import request
+from lab.ports import LOOPBACK, PortTaken
+from lab.procs import Process, StartError
+
+__all__ = ["UwsgiApp", "uwsgi_ini"]
+
+_APP_READY = re.compile(r"WSGI app \d+ \(mountpoint='[^']*'\) ready in .* pid: (\d+)")
+
+
+def uwsgi_ini(module: str, socket_lines: str, processes: int, threads: int, extra: str) -> str:
+    """The ``[uwsgi]`` section both services share.
+
+    die-on-term and the master-start hook turn SIGTERM into a graceful shutdown;
+    need-app makes a broken configuration exit instead of answering 500 forever.
+    """
+    return f"""\
+[uwsgi]
+module = {module}
+{socket_lines}master = true
+processes = {processes}
+threads = {threads}
+enable-threads = true
+lazy-apps = true
+need-app = true
+die-on-term = true
+hook-master-start = unix_signal:15 gracefully_kill_them_all
+thunder-lock = true
+buffer-size = 65535
+worker-reload-mercy = 15
+{extra}"""
+
+
+class UwsgiApp(Process):
+    """uWSGI's master (pyuwsgi runs it in the venv's Python) serving one app on one port.
+
+    Ready once our own uWSGI has bound the port, ``GET probe_path`` answers
+    ``ready_status`` and every worker has loaded the app.
+    """
+
+    def __init__(
+        self,
+        venv: Path,
+        ini: Path,
+        *,
+        port: int,
+        processes: int,
+        probe_path: str,
+        ready_status: int,
+        log: Path,
+        name: str,
+        env: Mapping[str, str],
+        cwd: Path,
+        extra_logs: tuple[Path, ...] = (),
+        stop_timeout: float = 20.0,
+    ) -> None:
+        super().__init__(
+            [str(venv / "bin" / "uwsgi"), "--ini", str(ini)],
+            log=log, name=name, env=env, cwd=cwd, stop_timeout=stop_timeout,
+        )
+        self.port = port
+        self.processes = processes
+        self.probe_path = probe_path
+        self.ready_status = ready_status
+        self.extra_logs = extra_logs
+        self._answered = False
+
+    def logs(self) -> list[Path]:
+        return [self.log, *self.extra_logs]
+
+    def spawn(self) -> None:
+        self._answered = False
+        super().spawn()
+
+    def wait_ready(self, timeout: float) -> None:
+        try:
+            super().wait_ready(timeout)
+        except StartError:
+            if "Address already in use" in self.run_log():
+                raise PortTaken(f"port {self.port} is in use\n{self.log_tail()}") from None
+            raise
+
+    def ready(self) -> bool:
+        run_log = self.run_log()
+        # Only trust an answer once our own uWSGI has the port: something else
+        # could be listening there.
+        if not self._answered and f"bound to TCP address {LOOPBACK}:{self.port} " in run_log:
+            try:
+                status = request(self.port, "GET", self.probe_path, timeout=2).status
+            except OSError:
+                status = 0
+            if status == 500:
+                raise StartError(f"{self.name} failed to load (GET {self.probe_path} -> 500)\n"
+                                 f"{self.log_tail()}")
+            self._answered = status == self.ready_status
+        return self._answered and len(set(_APP_READY.findall(run_log))) >= self.processes
+
+    def nudge(self) -> None:
+        """Repeat the graceful SIGHUP to workers that were still importing the app.
+
+        Such a worker ignored the master's broadcast, and the master would wait
+        for it forever.
+        """
+        master = self.pid
+        for pid in self.group():
+            if pid != master:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGHUP)

@@ -35,7 +35,7 @@ from lab.polling import WaitTimeout, wait_until
 from lab.ports import LOOPBACK, on_free_port
 from lab.procs import alive, child_env, group_pids
 from lab.units import MiB
-from lab.uwsgi import UwsgiApp, uwsgi_ini
+from lab.uwsgi import UwsgiApp, UwsgiService, uwsgi_ini
 from lab.venvs import VenvSpec, default_state_root, ensure_venv
 
 __all__ = [
@@ -106,7 +106,7 @@ def oslo_value(value: object) -> str:
 
 
 @dataclass
-class LocalGlance:
+class LocalGlance(UwsgiService):
     """A Glance API under uWSGI on 127.0.0.1, with all its state below ``state_dir``.
 
     Authentication is off (the ``unauthenticated-context`` pipelines) and the
@@ -180,19 +180,6 @@ class LocalGlance:
     @property
     def url(self) -> str:
         return f"http://{LOOPBACK}:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        """The uWSGI master's pid while it runs, else None."""
-        return None if self._server is None else self._server.pid
-
-    @property
-    def running(self) -> bool:
-        return self.pid is not None
-
-    def process_group(self) -> list[int]:
-        """Live pids of this instance (master and workers); empty once stopped."""
-        return [] if self._master is None else group_pids(self._master)
 
     def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
         """The last lines of the uWSGI log and of Glance's own log, for error messages."""
@@ -393,14 +380,12 @@ log-format = {_REQ_TAG} %(method) %(uri) %(status) %(size) %(msecs)
             # pyuwsgi runs inside an already started Python, so the ini's env= comes
             # too late for Glance's config loader: export it here.
             env["OS_GLANCE_CONFIG_DIR"] = str(self.etc_dir)
-            self._server = UwsgiApp(
+            server = UwsgiApp(
                 self.venv, self._ini, port=port, processes=self.processes, probe_path="/",
                 ready_status=300, log=self.uwsgi_log, name=f"Glance at {self.url}", env=env,
                 cwd=self.state_dir, extra_logs=(self.api_log,),
             )
-            self._server.spawn()
-            self._master = self._server.pid
-            self._server.wait_ready(max(0.0, deadline - time.monotonic()))
+            self._serve(server, deadline - time.monotonic())
 
         try:
             on_free_port(self.port, start_on)
@@ -410,8 +395,7 @@ log-format = {_REQ_TAG} %(method) %(uri) %(status) %(size) %(msecs)
 
     def stop(self) -> None:
         """Stop uWSGI gracefully, forcefully after 20 s, and reap it. Idempotent."""
-        if self._server is not None:
-            self._server.stop()
+        self._stop_server()
         self.pidfile.unlink(missing_ok=True)
 
     def __enter__(self) -> LocalGlance:

@@ -33,8 +33,8 @@ from lab.glance import GlanceHTTPError, LocalGlance, ensure_glance_venv, oslo_va
 from lab.httpclient import Response, request
 from lab.logs import say, tails
 from lab.ports import LOOPBACK, on_free_port
-from lab.procs import child_env, group_pids
-from lab.uwsgi import UwsgiApp, uwsgi_ini
+from lab.procs import child_env
+from lab.uwsgi import UwsgiApp, UwsgiService, uwsgi_ini
 from lab.venvs import VenvSpec, default_state_root, ensure_venv
 
 __all__ = [
@@ -91,7 +91,7 @@ def password_auth(user: str, password: str, project: str | None) -> dict[str, An
 
 
 @dataclass
-class LocalKeystone:
+class LocalKeystone(UwsgiService):
     """Keystone under uWSGI on 127.0.0.1 (sqlite, fernet), state below ``state_dir``.
 
     ``admin`` / :attr:`admin_password` in project ``admin`` holds the ``admin``
@@ -137,19 +137,6 @@ class LocalKeystone:
     @property
     def auth_url(self) -> str:
         return f"{self.url}/v3"
-
-    @property
-    def pid(self) -> int | None:
-        """The uWSGI master's pid while it runs, else None."""
-        return None if self._server is None else self._server.pid
-
-    @property
-    def running(self) -> bool:
-        return self.pid is not None
-
-    def process_group(self) -> list[int]:
-        """Live pids of this instance (master and workers); empty once stopped."""
-        return [] if self._master is None else group_pids(self._master)
 
     def log_tail(self, lines: int = 40) -> str:
         return tails([self.uwsgi_log, self.log_dir / "keystone.log"], lines)
@@ -240,15 +227,13 @@ lock_path = {oslo_value(self.run_dir)}
             self._setup()
             env = child_env(self.venv)
             env["OS_KEYSTONE_CONFIG_DIR"] = str(self.etc_dir)
-            self._server = UwsgiApp(
+            server = UwsgiApp(
                 self.venv, self.etc_dir / "keystone-uwsgi.ini", port=port,
                 processes=self.processes, probe_path="/v3", ready_status=200,
                 log=self.uwsgi_log, name=f"Keystone at {self.url}", env=env,
                 cwd=self.state_dir, extra_logs=(self.log_dir / "keystone.log",),
             )
-            self._server.spawn()
-            self._master = self._server.pid
-            self._server.wait_ready(max(0.0, deadline - time.monotonic()))
+            self._serve(server, deadline - time.monotonic())
 
         try:
             on_free_port(self.port, start_on)
@@ -258,8 +243,7 @@ lock_path = {oslo_value(self.run_dir)}
 
     def stop(self) -> None:
         """Stop uWSGI by its pid (gracefully, then SIGKILL) and reap it. Idempotent."""
-        if self._server is not None:
-            self._server.stop()
+        self._stop_server()
         (self.run_dir / "uwsgi.pid").unlink(missing_ok=True)
 
     def __enter__(self) -> LocalKeystone:

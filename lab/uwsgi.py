@@ -17,9 +17,9 @@ from pathlib import Path
 
 from lab.httpclient import request
 from lab.ports import LOOPBACK, PortTaken
-from lab.procs import Process, StartError
+from lab.procs import Process, StartError, group_pids
 
-__all__ = ["UwsgiApp", "uwsgi_ini"]
+__all__ = ["UwsgiApp", "UwsgiService", "uwsgi_ini"]
 
 _APP_READY = re.compile(r"WSGI app \d+ \(mountpoint='[^']*'\) ready in .* pid: (\d+)")
 
@@ -122,3 +122,34 @@ class UwsgiApp(Process):
             if pid != master:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGHUP)
+
+
+class UwsgiService:
+    """What a service run under uWSGI (Glance, Keystone) shares: its one master process."""
+
+    _server: UwsgiApp | None
+    _master: int | None
+
+    @property
+    def pid(self) -> int | None:
+        """The uWSGI master's pid while it runs, else None."""
+        return None if self._server is None else self._server.pid
+
+    @property
+    def running(self) -> bool:
+        return self.pid is not None
+
+    def process_group(self) -> list[int]:
+        """Live pids of this instance (master and workers); empty once stopped."""
+        return [] if self._master is None else group_pids(self._master)
+
+    def _serve(self, server: UwsgiApp, ready_within: float) -> None:
+        """Spawn ``server`` and wait until every worker answers."""
+        self._server = server
+        server.spawn()
+        self._master = server.pid
+        server.wait_ready(max(0.0, ready_within))
+
+    def _stop_server(self) -> None:
+        if self._server is not None:
+            self._server.stop()

@@ -24,12 +24,13 @@ import datetime as dt
 import hashlib
 import logging
 import re
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from edgecache.clock import SYSTEM, Clock
 
 if TYPE_CHECKING:
     from oslo_config import cfg
@@ -142,9 +143,12 @@ def _reusable_for(environ: Mapping[str, Any]) -> float:
 class KeystoneValidator:
     """keystonemiddleware ``AuthProtocol`` over ``[keystone_authtoken]``, called in threads."""
 
-    def __init__(self, conf: cfg.ConfigOpts, *, threads: int = _VALIDATION_THREADS) -> None:
+    def __init__(
+        self, conf: cfg.ConfigOpts, *, threads: int = _VALIDATION_THREADS, clock: Clock = SYSTEM
+    ) -> None:
         from keystonemiddleware import auth_token
 
+        self._clock = clock
         quiet_keystone_loggers()
         self._protocol = auth_token.AuthProtocol(_passed, {"oslo_config_config": conf})
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="keystone-auth")
@@ -165,7 +169,7 @@ class KeystoneValidator:
         key = _known_key(headers)
         if key is not None:
             known = self._known.get(key)
-            if known is not None and known[0] > time.monotonic():
+            if known is not None and known[0] > self._clock.monotonic():
                 return known[1]
         environ: dict[str, Any] = {
             "REQUEST_METHOD": method,
@@ -186,7 +190,7 @@ class KeystoneValidator:
         identity = await loop.run_in_executor(self._executor, self._validate, environ)
         lifetime = min(self._known_for, _reusable_for(environ))
         if key is not None and lifetime > 0:
-            self._known[key] = (time.monotonic() + lifetime, identity)
+            self._known[key] = (self._clock.monotonic() + lifetime, identity)
             self._known.move_to_end(key)
             while len(self._known) > _MAX_KNOWN:
                 self._known.popitem(last=False)

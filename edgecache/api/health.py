@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -26,6 +25,7 @@ from aiohttp import web
 
 from edgecache import __version__
 from edgecache.api.images import ImageService
+from edgecache.clock import SYSTEM, Clock
 
 #: How long a write probe of the cache directory is reused: health checks may
 #: come many times a second, and each probe creates and removes a file.
@@ -36,17 +36,21 @@ PROBE_TTL = 1.0
 class Health:
     """What the health check reports beyond the cache itself: the daemon's lifecycle."""
 
+    clock: Clock = SYSTEM
     draining: bool = False
-    started: float = field(default_factory=time.monotonic)
-    _probed_at: float = -PROBE_TTL
+    started: float = field(default=0.0)
+    _probed_at: float | None = None
     _problem: str | None = None
+
+    def __post_init__(self) -> None:
+        self.started = self.clock.monotonic()
 
     async def cache_problem(self, service: ImageService) -> str | None:
         """Why no new file can be created in the cache, or None (probed at most every 1 s)."""
-        now = time.monotonic()
-        if now - self._probed_at >= PROBE_TTL:
+        now = self.clock.monotonic()
+        if self._probed_at is None or now - self._probed_at >= PROBE_TTL:
             self._problem = await service.cache.probe_write()
-            self._probed_at = time.monotonic()
+            self._probed_at = self.clock.monotonic()
         return self._problem
 
 
@@ -82,7 +86,7 @@ async def healthcheck(request: web.Request, service: ImageService) -> web.Respon
                 ],
                 "now": datetime.now(UTC).isoformat(),
                 "version": __version__,
-                "uptime_seconds": round(time.monotonic() - health.started, 3),
+                "uptime_seconds": round(health.clock.monotonic() - health.started, 3),
                 "cache": _cache_detail(service),
             }
         return web.Response(

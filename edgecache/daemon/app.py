@@ -65,7 +65,7 @@ def make_app(
     app[SETTINGS_KEY] = settings
     app[METRICS_KEY] = metrics or Metrics()
     app[CLOCK_KEY] = clock
-    app[HEALTH_KEY] = Health()
+    app[HEALTH_KEY] = Health(clock=clock)
     app.cleanup_ctx.append(_service)
     setup_routes(app)
     if settings.auth_strategy == "keystone" and settings.keystone_conf is not None:
@@ -73,7 +73,7 @@ def make_app(
             KeystoneValidator,  # keystonemiddleware: keystone mode only
         )
 
-        authn.setup(app, KeystoneValidator(settings.keystone_conf))
+        authn.setup(app, KeystoneValidator(settings.keystone_conf, clock=clock))
     return app
 
 

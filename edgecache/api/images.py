@@ -39,7 +39,7 @@ from edgecache.api.streaming import ClientGone, abort, send_fd
 from edgecache.core.cache import ImageCache
 from edgecache.core.decision import Action, Facts, Glance, Kind, Ranged, decide
 from edgecache.core.fill import Fill
-from edgecache.core.views import Copy, Hit
+from edgecache.core.views import Copy, FillState, Hit
 from edgecache.errors import FillAborted, FillCoolingDown, UpstreamError, UpstreamRefused
 from edgecache.metrics import Metrics
 from edgecache.model import UUID_PATTERN, ImageMeta
@@ -189,16 +189,19 @@ async def _gather(
         else:
             ranged = Ranged.NONE if asked.byte_range is None else Ranged.SATISFIABLE
     cache = service.cache
+    copy, fill = cache.copy_of(meta), cache.fill_state(meta)
+    # Admission walks the LRU table: only a request that may start a fill asks it.
+    may_start = copy is not Copy.SAME and fill is FillState.NONE
     return Facts(
         method,
         glance=glance,
         status=meta.status,
         size_known=meta.size is not None,
         ranged=ranged,
-        copy=cache.copy_of(meta),
-        fill=cache.fill_state(meta),
+        copy=copy,
+        fill=fill,
         cooling_down=cache.cooldown(meta) is not None,
-        fits=cache.can_admit(meta.size),
+        fits=cache.can_admit(meta.size) if may_start else True,
     )
 
 

@@ -24,7 +24,9 @@ import pytest
 from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
-from edgecache.upstream.stores import FileStore, HttpStore, StoreBackend
+from edgecache.upstream.stores import StoreBackend
+from edgecache.upstream.stores.file import FileStore
+from edgecache.upstream.stores.http import HttpStore
 from lab.glance import LocalGlance, ensure_glance_venv
 from lab.motos3 import MotoS3, moto_s3
 from lab.procs import alive

@@ -27,9 +27,10 @@ from lab.glance import LocalGlance, sha512_file
 from lab.units import MiB
 
 if TYPE_CHECKING:
-    from conftest import ImageFactory
     from glanceclient.v2.client import Client as GlanceClient
     from openstack.connection import Connection
+
+    from tests.integration.conftest import ImageFactory
 
 pytestmark = [
     pytest.mark.integration,

@@ -75,9 +75,9 @@ async def store(
 
 
 @pytest.fixture(scope="session")
-def contract_s3() -> Iterator[MotoS3]:
+def contract_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
     """moto's S3 server on 127.0.0.1 with an ``images`` bucket, for the whole session."""
     pytest.importorskip("aiobotocore", reason="the s3 extra is not installed")
     pytest.importorskip("moto.server", reason="moto[server] is not installed")
-    with moto_s3("images") as server:
+    with moto_s3(tmp_path_factory.mktemp("moto") / "moto.log", "images") as server:
         yield server

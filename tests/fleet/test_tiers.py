@@ -55,7 +55,7 @@ def test_two_edges_behind_a_regional_node_cost_the_origin_one_image_get(
         ]
         _boot_all(edges, image)
         for node in (regional, *edges):
-            wait_until(lambda node=node: (node.data_dir / image.id).is_file(), "the commits")
+            wait_until((node.data_dir / image.id).is_file, "the commits")
         assert real_glance.count_requests("GET", image.file_path, at_least=1) == 1
         assert _origin_gets(real_glance, image) == 1
 

@@ -22,8 +22,9 @@ from lab.polling import wait_until
 from lab.units import MiB
 
 if TYPE_CHECKING:
-    from conftest import ImageFactory
     from glanceclient.v2.client import Client as GlanceClient
+
+    from tests.integration.conftest import ImageFactory
 
 pytestmark = [
     pytest.mark.integration,

@@ -14,7 +14,7 @@ import sys
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import glanceclient
 import openstack
@@ -27,9 +27,11 @@ from lab.glance import LocalGlance, sha512_file
 from lab.units import MiB
 
 if TYPE_CHECKING:
-    from conftest import ImageFactory
     from glanceclient.v2.client import Client as GlanceClient
     from openstack.connection import Connection
+    from openstack.image.v2._proxy import Proxy as ImageV2Proxy
+
+    from tests.integration.conftest import ImageFactory
 
 pytestmark = [
     pytest.mark.integration,
@@ -68,6 +70,10 @@ def sdk_connection(url: str, *, override: bool) -> Connection:
         **extra,
     )
     return conn
+
+
+def image_v2(conn: Connection) -> ImageV2Proxy:
+    return cast("ImageV2Proxy", conn.image)
 
 
 @pytest.fixture
@@ -125,7 +131,7 @@ def test_openstacksdk_get_and_download(
 ) -> None:
     image = make_image(4 * MiB)
 
-    shown = sdk.image.get_image(image.id)  # passthrough of GET /v2/images/{id}
+    shown = image_v2(sdk).get_image(image.id)  # passthrough of GET /v2/images/{id}
     assert shown.id == image.id
     assert shown.status == "active"
     assert shown.size == image.size
@@ -135,7 +141,7 @@ def test_openstacksdk_get_and_download(
     # The SDK verifies the hash itself (InvalidResponse on a mismatch) and we do too;
     # the first download is a miss, the second a hit: same headers, same bytes.
     for _ in ("miss", "hit"):
-        response = sdk.image.download_image(shown, stream=True)
+        response = image_v2(sdk).download_image(shown, stream=True)
         assert response.status_code == 200
         assert response.url == f"{edgecache.url}{image.file_path}"
         assert response.headers["Content-Type"] == "application/octet-stream"
@@ -169,8 +175,8 @@ def test_version_discovery_finds_edgecache(
     conn = sdk_connection(edgecache.url, override=False)
     try:
         assert conn.image.get_endpoint() == f"{edgecache.url}/v2/"
-        shown = conn.image.get_image(image.id)
-        response = conn.image.download_image(shown, stream=True)
+        shown = image_v2(conn).get_image(image.id)
+        response = image_v2(conn).download_image(shown, stream=True)
         assert response.url == f"{edgecache.url}{image.file_path}"
         assert sha512_of(response.iter_content(MiB)) == (image.os_hash_value, image.size)
     finally:

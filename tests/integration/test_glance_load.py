@@ -28,8 +28,9 @@ from lab.glance import LocalGlance
 from lab.units import MiB
 
 if TYPE_CHECKING:
-    from conftest import ImageFactory
     from glanceclient.v2.client import Client as GlanceClient
+
+    from tests.integration.conftest import ImageFactory
 
 pytestmark = [
     pytest.mark.integration,

@@ -11,6 +11,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,8 +28,8 @@ def edge(tmp_path: Path, faulty_glance_thread: FaultyGlance) -> Iterator[Edgecac
         yield daemon
 
 
-def add(fg: FaultyGlance, size: int = MiB, **kw: object) -> str:
-    meta = fg.add_image(os.urandom(size), **kw)  # type: ignore[arg-type]
+def add(fg: FaultyGlance, size: int = MiB, **kw: Any) -> str:
+    meta = fg.add_image(os.urandom(size), **kw)
     return str(meta["id"])
 
 

@@ -12,6 +12,7 @@ import heapq
 import itertools
 import time
 from collections.abc import Callable
+from typing import Any
 
 #: loop turns ``advance`` and ``settle`` give woken tasks (no real I/O is involved)
 _TURNS = 50
@@ -44,7 +45,7 @@ class FakeClock:
         if event.is_set():
             return True
         waiter = asyncio.ensure_future(event.wait())
-        waits: set[asyncio.Future[object]] = {waiter}
+        waits: set[asyncio.Future[Any]] = {waiter}
         timer = None if seconds is None else asyncio.ensure_future(self.sleep(seconds))
         if timer is not None:
             waits.add(timer)

@@ -13,6 +13,7 @@ import os
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,7 +33,7 @@ from lab.units import KiB
 from tests.support.clock import FakeClock
 
 
-def record(image_id: str, data: bytes, **changes: object) -> ImageMeta:
+def record(image_id: str, data: bytes, **changes: Any) -> ImageMeta:
     meta = ImageMeta(
         id=image_id,
         status="active",
@@ -42,7 +43,7 @@ def record(image_id: str, data: bytes, **changes: object) -> ImageMeta:
         os_hash_value=hashlib.sha512(data).hexdigest(),
         updated_at="2026-01-01T00:00:00Z",
     )
-    return replace(meta, **changes)  # type: ignore[arg-type]
+    return replace(meta, **changes)
 
 
 class MemoryBody:

@@ -1,4 +1,4 @@
-"""Store backends for direct reads (``[upstream] direct_stores``, issue 6 item 4).
+"""Store backends for direct reads (``[upstream] direct_stores``, docs/behaviour.md).
 
 :func:`store` runs each test of the contract suite against every backend:
 ``file://`` on files under ``tmp_path``, ``http://`` on a small aiohttp server

@@ -103,3 +103,30 @@ def test_citation_patterns_catch_what_they_must() -> None:
     assert _unopenable_citations(f"({issue.title()} #12)")
     assert not _unopenable_citations(f"RFC 9110 {sign}14.2 and RFC 8089 {sign}2")
     assert not _unopenable_citations("LP#1664709; docs/behaviour.md#integrity")
+
+
+def _slug(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_cited_doc_sections_exist() -> None:
+    """A docs/ file and section cited anywhere (or linked between docs) exists."""
+    root = README.parent
+    anchors: dict[str, set[str]] = {}
+    for doc in (root / "docs").glob("*.md"):
+        headings = re.findall(r"^#+ (.+)$", doc.read_text(), flags=re.MULTILINE)
+        anchors[doc.name] = {_slug(heading) for heading in headings}
+    paths = [root / "README.md", root / "ARCHITECTURE.md", *(root / "docs").glob("*.md")]
+    for folder in ("edgecache", "lab", "bench", "tests", "etc"):
+        paths += [p for p in (root / folder).rglob("*") if p.suffix in (".py", ".md", ".yml")]
+    broken = []
+    for path in paths:
+        text = path.read_text()
+        cited = re.findall(r"docs/([\w-]+\.md)(?:#([\w-]+))?", text)
+        if path.parent.name == "docs":  # links between the docs are relative
+            cited += re.findall(r"\]\(([\w-]+\.md)(?:#([\w-]+))?\)", text)
+        for name, anchor in cited:
+            if name not in anchors or (anchor and anchor not in anchors[name]):
+                broken.append(f"{path.relative_to(root)}: docs/{name}#{anchor}")
+    assert not broken, "no such document or section:\n" + "\n".join(broken)

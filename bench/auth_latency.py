@@ -1,4 +1,4 @@
-"""Added latency of the authorization check on a cache hit (issue 3), median and p99.
+"""Added latency of the authorization check on a cache hit, median and p99.
 
 Every image request, hits included, is authorized by Glance (``GET /v2/images/{id}``
 with the caller's token), reused for ``auth_cache_ttl``; in keystone mode the token

@@ -1,9 +1,11 @@
-"""Origin traffic of a simulated site, and what a cut-and-resume costs (issue 6).
+"""Origin traffic of a simulated site, and what a cut-and-resume costs.
 
 ``python -m bench.fleet`` (from the checkout): a real Glance, N edge edgecaches with
 and without a regional edgecache in front of it, M concurrent cold "boots" per
 edge, counted in Glance's own request log; then one edge behind a relay that cuts
 image bodies, timed against an uncut run. Everything on 127.0.0.1, stopped by pid.
+
+See docs/behaviour.md#tiers-and-stores.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The servers the benchmark compares, one class each, behind one tiny interface.
 
 Every cache sits in front of the same real Glance (no cache of its own, file store) and is fetched
-by the same clients, so only the cache in between differs (spec §9). A peer only has to say where
-it listens, how to empty its cache, which processes to weigh, and how to start and stop.
+by the same clients, so only the cache in between differs (docs/behaviour.md#quality-bars). A
+peer only has to say where it listens, how to empty its cache, which processes to weigh, and how
+to start and stop.
 """
 
 from __future__ import annotations

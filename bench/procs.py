@@ -73,7 +73,7 @@ class Trash:
     """Where emptied caches go: moved aside (a rename) instead of deleted.
 
     Deleting a multi-GiB file blocks and hands its page-cache memory back to the host, which makes
-    the next fill several times slower on these VMs (perf-anchors.md, lesson 10). Old entries are
+    the next fill several times slower on these VMs (docs/behaviour.md#measuring). Old entries are
     deleted in the background only once the trash grows past `cap` bytes, and the rest at the end.
     """
 

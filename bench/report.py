@@ -1,7 +1,7 @@
-"""Turn per-round figures into medians, same-pass ratios and spec §9 verdicts, as text and JSON.
+"""Turn per-round figures into medians, same-pass ratios and quality-bar verdicts, as text and JSON.
 
-Runs drift by up to ~45% between passes (perf-anchors.md), so every ratio is taken within one round
-(peers measured back to back) and only then is the median over rounds reported.
+Runs drift by up to ~45% between passes (docs/behaviour.md#measuring), so every ratio is taken
+within one round (peers measured back to back) and only then is the median over rounds reported.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class Bar:
 
 
 def bars(res: Results, peer: str = "edgecache") -> list[Bar]:
-    """The spec §9 quality bars for `peer`, each from figures taken in the same pass."""
+    """The quality bars for `peer`, each from figures taken in the same pass."""
     out: list[Bar] = []
 
     def ratio(what: str, scn: str, metric: str, other: str, target: float, higher: bool) -> None:
@@ -168,7 +168,7 @@ def _main(scenario: str) -> str:
 
 
 def bars_table(items: list[Bar], peer: str) -> str:
-    rows = [["spec §9 bar", peer, "target", "verdict"]]
+    rows = [["quality bar", peer, "target", "verdict"]]
     for b in items:
         value = "not measured" if b.value is None else f"{b.value:.2f}{b.unit and ' ' + b.unit}"
         verdict = {True: "pass", False: "FAIL", None: "-"}[b.ok]

@@ -1,4 +1,4 @@
-"""Run every spec §9 measurement against every peer, interleaved, and print figures and ratios.
+"""Run every quality-bar measurement against every peer, interleaved, and print figures and ratios.
 
     .venv/bin/python -m bench.run            # 2 GiB image, 3 rounds
     .venv/bin/python -m bench.run --quick    # 256 MiB image, 1 round: a smoke test
@@ -176,7 +176,8 @@ class Bench:
         gcache: GlancePeer | None = None
         if {"glance-cache", "edgecache-gc"} & set(wanted):
             # Glance's best cache-miss setup: devstack's socket, Connection: close
-            # (real-glance.md); cachemanagement = the caching pipeline + DELETE /v2/cache/{id}.
+            # (docs/behaviour.md#measuring); cachemanagement = the caching pipeline +
+            # DELETE /v2/cache/{id}.
             g = self._glance("glance-cache", "cachemanagement", close_connections=True, threads=4)
             gcache = GlancePeer("glance-cache", g, ensure_glance_image(g, data), caching=True)
         self.origin, self.origin_id, self.gcache = origin, origin_id, gcache

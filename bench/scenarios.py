@@ -1,7 +1,7 @@
-"""One function per measurement of spec §9; each takes a peer and returns plain figures.
+"""One function per quality-bar measurement; each takes a peer and returns plain figures.
 
 Figures are flat dicts of numbers (or None for "does not apply") so the report and the JSON file
-need no knowledge of the scenario that made them.
+need no knowledge of the scenario that made them. The bars: docs/behaviour.md#quality-bars.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Every Prometheus metric edgecache exports (spec §7), on a private registry.
+"""Every Prometheus metric edgecache exports (docs/behaviour.md#metrics), on a private registry.
 
 One :class:`Metrics` per application, so tests can build many apps in one
 process. Labels are small closed sets: never image ids, never tokens.

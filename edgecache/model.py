@@ -52,7 +52,7 @@ class ImageMeta:
     def strongest_hash(self) -> tuple[str, str] | None:
         """The (algorithm, hex digest) to verify against: os_hash first, md5 second.
 
-        One hash is enough: the strongest the image carries (docs/integrity.md).
+        One hash is enough: the strongest the image carries (docs/behaviour.md#integrity).
         """
         return strongest_hash(self)
 

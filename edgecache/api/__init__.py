@@ -1,1 +1,1 @@
-"""The HTTP surface (spec §4): the only package that speaks aiohttp.web."""
+"""The HTTP surface (docs/behaviour.md#http-surface): the only package that speaks aiohttp.web."""

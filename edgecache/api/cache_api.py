@@ -1,8 +1,9 @@
 """Glance's cache-management API, answered by edgecache for its own cache.
 
 ``glance cache-list|cache-queue|cache-delete|cache-clear``, openstacksdk and
-``glance-cache-manage`` work against edgecache unchanged (glance-contract §4,
-§8 items 23-28 and 31). Glance's routes, shapes and statuses:
+``glance-cache-manage`` work against edgecache unchanged (docs/glance-wire.md,
+Cache-management API and Legacy cache management). Glance's routes, shapes and
+statuses:
 
 =========================  ==================================================
 ``GET /v2/cache``          200 ``{"cached_images": [...], "queued_images": [...]}``

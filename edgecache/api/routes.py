@@ -1,7 +1,7 @@
 """Which handler answers a request.
 
 Glance clients may reach edgecache under a path prefix (``http://host/image/v2/...``,
-glance-contract §8 item 4), so requests are matched on the part from ``/v2``
+docs/glance-wire.md#path-prefixes), so requests are matched on the part from ``/v2``
 on, and the prefix is dropped before passthrough. Dot segments are refused
 before anything is forwarded: ``..`` must never climb out of the upstream's
 own path prefix.

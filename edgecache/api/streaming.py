@@ -1,7 +1,7 @@
 """Sending image bytes from a file descriptor, in bounded slices.
 
 One ``sendfile`` of a whole multi-GiB file lets a fast client monopolise the
-event loop; slices of a few MiB let every connection take its turn (spec §5.1).
+event loop; slices of a few MiB let every connection take its turn (docs/behaviour.md#hits).
 The same loop tails a growing partial file: it sends what the fill has made
 readable, then waits for more.
 """

@@ -1,9 +1,11 @@
-"""``edgecache cache ...``: the operator's view of a running daemon's cache (spec §2).
+"""``edgecache cache ...``: the operator's view of a running daemon's cache.
 
 Talks to the daemon's cache API over HTTP (``--url``), so it works the same
 on the host and through a tunnel. Tables for people, ``--format json`` for
 scripts. Exit codes: 0 done; 1 the daemon refused, an operation failed, or
 ``verify`` found a corrupt image; 2 bad usage; 3 the daemon is unreachable.
+
+See docs/behaviour.md#command-line.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Every edgecache option, declared once with oslo.config (spec §3).
+"""Every edgecache option, declared once with oslo.config (docs/behaviour.md#configuration).
 
 The rest of the code never reads ``cfg.CONF``: :func:`load` turns the parsed
 options into frozen :class:`Settings`, so tests build settings directly and no
@@ -499,7 +499,7 @@ def _register_upstream_auth(conf: cfg.ConfigOpts) -> None:
 
 
 def _with_operator_settings(conf: cfg.ConfigOpts, settings: Settings) -> Settings:
-    """Add the scrubber, prefetch and cache-API settings (issue 4's options)."""
+    """Add the scrubber, prefetch and cache-API settings."""
     return dataclasses.replace(
         settings,
         cache=dataclasses.replace(

@@ -1,4 +1,4 @@
-"""Upstream resilience and fleet topologies against a real Glance (spec §5.5, issue 6).
+"""Upstream resilience and fleet topologies against a real Glance.
 
 One real Glance 33 per session (noauth, no cache of its own), as in the
 integration suite. :func:`glance_replica` starts further Glance API servers that
@@ -7,6 +7,8 @@ the session Glance's), so every replica serves the same images under the same
 ids: several endpoints of one Glance deployment, any of which can be stopped.
 edgecache runs as a process (:class:`lab.edgecache.EdgecacheProcess`); relays and
 proxies between it and Glance come from :mod:`tests.support.relay`.
+
+See docs/behaviour.md#upstream-faults.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Several Glance endpoints, one stopped mid-test (spec §3 glance_endpoints, §5.5)."""
+"""Several Glance endpoints, one stopped mid-test (docs/behaviour.md#upstream-faults)."""
 
 from __future__ import annotations
 

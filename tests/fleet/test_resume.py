@@ -1,4 +1,7 @@
-"""A flaky link between edgecache and a real Glance: broken bodies resume (spec §5.5)."""
+"""A flaky link between edgecache and a real Glance: broken bodies resume.
+
+See docs/behaviour.md#upstream-faults.
+"""
 
 from __future__ import annotations
 

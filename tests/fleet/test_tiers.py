@@ -1,4 +1,7 @@
-"""edgecache in front of edgecache: a regional tier between rack nodes and Glance (issue 6)."""
+"""edgecache in front of edgecache: a regional tier between rack nodes and Glance.
+
+See docs/behaviour.md#tiers-and-stores.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Behaviour tests of the daemon, in-process, in front of FaultyGlance (spec §4, §5).
+"""Behaviour tests of the daemon, in-process, in front of FaultyGlance (docs/behaviour.md).
 
 Each test builds the real application with :func:`edgecache.daemon.app.make_app`, serves
 it with pytest-aiohttp's test server (``handler_cancellation`` on, like the

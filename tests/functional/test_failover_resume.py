@@ -1,4 +1,7 @@
-"""An endpoint that dies mid-body: the fill resumes on the next endpoint (spec §3, §5.5)."""
+"""An endpoint that dies mid-body: the fill resumes on the next endpoint.
+
+See docs/behaviour.md#upstream-faults.
+"""
 
 from __future__ import annotations
 

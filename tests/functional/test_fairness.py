@@ -1,4 +1,7 @@
-"""Demand fills before prefetch fills, for upstream connections and bandwidth (issue 6)."""
+"""Demand fills before prefetch fills, for upstream connections and bandwidth.
+
+See docs/behaviour.md#prefetch.
+"""
 
 from __future__ import annotations
 

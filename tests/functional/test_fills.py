@@ -1,4 +1,4 @@
-"""Misses: single flight, streaming while filling, integrity, faults (spec §5.3-§5.5)."""
+"""Misses: single flight, streaming while filling, integrity, faults (docs/behaviour.md)."""
 
 from __future__ import annotations
 
@@ -218,7 +218,7 @@ async def test_body_cut_midway_aborts_callers_and_commits_nothing(
 async def test_body_cut_once_is_resumed_with_a_range(
     edge: Edge, faulty_glance: FaultyGlance
 ) -> None:
-    """Spec §5.5: a connection lost mid-body resumes with Range: bytes=N-, invisibly."""
+    """A connection lost mid-body resumes with Range: bytes=N-, invisibly."""
     fg = faulty_glance
     data = os.urandom(4 * MiB)
     meta = fg.add_image(data, fault=Fault(cut_after=len(data) // 2, times=1))

@@ -1,4 +1,7 @@
-"""Hits: ranges (spec §5.1) and LRU eviction within max_size (spec §3, §5.7)."""
+"""Hits: ranges and LRU eviction within max_size.
+
+See docs/behaviour.md#hits and docs/behaviour.md#eviction.
+"""
 
 from __future__ import annotations
 
@@ -180,7 +183,7 @@ async def test_head_answers_headers_only(edge: Edge, faulty_glance: FaultyGlance
 async def test_eviction_does_not_break_a_transfer_in_progress(
     edge: Edge, faulty_glance: FaultyGlance
 ) -> None:
-    """Spec §5.7: an image being served may be evicted; the transfer still completes."""
+    """An image being served may be evicted; the transfer still completes."""
     fg = faulty_glance
     data = os.urandom(32 * MiB)
     image_id = fg.add_image(data)["id"]
@@ -205,7 +208,7 @@ async def test_eviction_does_not_break_a_transfer_in_progress(
 async def test_committed_images_survive_a_restart_partials_do_not(
     aiohttp_client: AiohttpClient, faulty_glance: FaultyGlance, tmp_path: Path
 ) -> None:
-    """Spec §5.6: after a restart committed images are served without refetching."""
+    """After a restart committed images are served without refetching (durability)."""
     fg = faulty_glance
     root = tmp_path / "cache"
     data = os.urandom(2 * MiB)

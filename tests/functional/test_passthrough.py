@@ -1,4 +1,7 @@
-"""Everything that is not image data goes to Glance and back verbatim (spec §4)."""
+"""Everything that is not image data goes to Glance and back verbatim.
+
+See docs/behaviour.md#http-surface.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""How a fill treats what upstream answers to a resume, and to a first request (spec §5.5)."""
+"""How a fill treats what upstream answers to a resume, and to a first request.
+
+See docs/behaviour.md#upstream-faults.
+"""
 
 from __future__ import annotations
 

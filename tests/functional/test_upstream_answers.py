@@ -1,6 +1,6 @@
 """Glance decides: refusals relayed, failures a 503 before any body, changes followed.
 
-Spec §4, §5.2, §5.5 and glance-contract §8 (statuses and error bodies).
+The rules: docs/behaviour.md#authorization; statuses and error bodies: docs/glance-wire.md.
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ async def test_upstream_down_is_503_never_500(
 async def test_next_endpoint_is_used_when_the_first_is_down(
     aiohttp_client: AiohttpClient, faulty_glance: FaultyGlance, tmp_path: Path
 ) -> None:
-    """Spec §3: glance_endpoints are 'tried in order, failing over'."""
+    """glance_endpoints are tried in order, failing over (docs/behaviour.md#upstream-faults)."""
     fg = faulty_glance
     edge = await start_edgecache(
         aiohttp_client, tmp_path / "cache", (closed_port_url(), fg.url)
@@ -273,7 +273,7 @@ async def test_delete_refused_upstream_keeps_the_cached_copy(
 async def test_cached_bytes_only_reach_callers_glance_lets_read(
     edge: Edge, faulty_glance: FaultyGlance
 ) -> None:
-    """Spec §5.2: cached bytes are never served to a caller Glance would refuse."""
+    """Cached bytes are never served to a caller Glance would refuse (docs/behaviour.md)."""
     fg = faulty_glance
     data = os.urandom(MiB)
     image_id = fg.add_image(data, readers={"tok-owner"})["id"]

@@ -1,8 +1,10 @@
-"""Glance's own verdicts reach the client through edgecache unchanged (glance-contract §2.2).
+"""Glance's own verdicts reach the client through edgecache unchanged.
 
 Images without data answer 204, deactivated ones 403 (the local Glance's policy
 refuses them, as it does for non-admins), unknown ids 404; deleting an image
-through edgecache purges its cached copy (glance-contract §8 items 11-13, 21).
+through edgecache purges its cached copy (docs/glance-wire.md#metadata-passthrough).
+
+See docs/glance-wire.md#image-data-statuses.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ def test_cached_image_answers_403_once_deactivated(
     glance_client: GlanceClient, edgecache: EdgecacheProcess, real_glance: LocalGlance,
     make_image: ImageFactory,
 ) -> None:
-    """A hit is no exception (contract §8 item 13): the copy is dropped, not served."""
+    """A hit is no exception (a deactivated image is a 403): the copy is dropped, not served."""
     image = make_image(2 * MiB)
     assert download(glance_client, image.id) == image.os_hash_value
     cached = edgecache.data_dir / image.id

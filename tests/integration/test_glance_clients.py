@@ -2,7 +2,7 @@
 
 Every download is checked against Glance's own ``os_hash_value`` (sha512), and the
 ``GET /v2/images/{id}/file`` requests Glance logged show whether edgecache answered
-from its cache (spec §4, §5; glance-contract §1, §2, §8).
+from its cache (docs/behaviour.md, docs/glance-wire.md).
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def test_glanceclient_download_miss_then_hit(
     assert image_requests(edgecache, "miss") == misses + 1
 
     # The hit, from a client that sends a global request id as Nova's does: the id
-    # comes back on the response (glance-contract §8 item 5).
+    # comes back on the response (docs/glance-wire.md#request-ids).
     global_id = f"req-{uuid.uuid4()}"
     nova_like = glanceclient.Client(
         "2", endpoint=edgecache.url, token=TOKEN, global_request_id=global_id
@@ -193,7 +193,7 @@ def test_version_discovery_finds_edgecache(
 def test_clients_under_a_path_prefix(
     edgecache: EdgecacheProcess, real_glance: LocalGlance, make_image: ImageFactory
 ) -> None:
-    """An endpoint such as http://host/image works too (glance-contract §8 item 4)."""
+    """An endpoint such as http://host/image works too (docs/glance-wire.md#path-prefixes)."""
     image = make_image(1 * MiB)
     prefixed = f"{edgecache.url}/image"
 

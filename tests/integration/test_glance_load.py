@@ -1,11 +1,11 @@
 """Many readers and one big writer through edgecache, with a real Glance behind it.
 
 * 20 concurrent cold downloads of one image cost Glance exactly one
-  ``GET /v2/images/{id}/file`` (spec §5.3, single flight) and every reader gets
+  ``GET /v2/images/{id}/file`` (docs/behaviour.md#single-flight) and every reader gets
   the whole, verified image.
 * A 256 MiB snapshot upload through edgecache (glanceclient ``images.upload``, as
   Nova's snapshot does) lands intact in Glance while edgecache's RSS stays small:
-  the body is streamed, never buffered (spec §4, "anything else").
+  the body is streamed, never buffered (docs/behaviour.md#http-surface).
 """
 
 from __future__ import annotations

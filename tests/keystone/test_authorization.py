@@ -1,8 +1,10 @@
-"""Keystone tokens and Glance's own authorization, on misses and hits alike (spec §5.2).
+"""Keystone tokens and Glance's own authorization, on misses and hits alike.
 
 One edgecache daemon in keystone mode (``auth_cache_ttl`` = 2 s) in front of a
 real Glance that validates tokens against a real Keystone. Every download is
 checked byte for byte against Glance's sha512.
+
+See docs/behaviour.md#authorization.
 """
 
 from __future__ import annotations

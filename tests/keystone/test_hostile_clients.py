@@ -1,10 +1,12 @@
-"""Hostile clients against the running daemon, while a real client downloads (issue 3).
+"""Hostile clients against the running daemon, while a real client downloads.
 
 Oversized headers, an overlong request id, a slow-headers client, 2,000 idle
 connections and garbage ``Range`` values each get a clear 4xx or a connection
 closed after ``client_socket_timeout``; meanwhile a well-formed, authenticated
 download that started before them finishes with Glance's sha512, and new
 requests keep being answered promptly.
+
+See docs/behaviour.md#hostile-clients.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The Glance cache API's shapes and status codes, and edgecache's additions (raw HTTP).
 
-glance-contract §4 and §8 items 23-28 and 31. Upstream is FaultyGlance: these
-answers are edgecache's own, and a fake lets a test make Glance refuse.
+docs/glance-wire.md#cache-management-api and #legacy-cache-management. Upstream is
+FaultyGlance: these answers are edgecache's own, and a fake lets a test make Glance refuse.
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def test_clean_prune_and_methods(edge: EdgecacheProcess) -> None:
         assert json.loads(body)["error"]["code"] == 405
     status, _, _ = request(edge.url, "GET", f"/v2/cache/nodes/{uuid.uuid4()}")
     assert status == 409
-    # Under a path prefix too (glance-contract §8 item 4).
+    # Under a path prefix too (docs/glance-wire.md#path-prefixes).
     assert request(edge.url, "GET", "/image/v2/cache")[0] == 200
 
 

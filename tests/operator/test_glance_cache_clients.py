@@ -2,7 +2,7 @@
 
 ``glance cache-queue|cache-list|cache-delete|cache-clear`` (python-glanceclient)
 and the deprecated ``glance-cache-manage`` from the Glance package the tests
-install (glance-contract §4.2, §4.3).
+install (docs/glance-wire.md, Cache-management API and Legacy cache management).
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""The prefetch queue in front of a real Glance: durability, the rate cap, live joins (spec §6)."""
+"""The prefetch queue in front of a real Glance: durability, the rate cap, live joins.
+
+See docs/behaviour.md#prefetch.
+"""
 
 from __future__ import annotations
 

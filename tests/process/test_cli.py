@@ -1,4 +1,7 @@
-"""The ``edgecache`` command as operators run it (spec §2, §3): bad configs and --version."""
+"""The ``edgecache`` command as operators run it: bad configs and --version.
+
+See docs/behaviour.md#command-line.
+"""
 
 from __future__ import annotations
 

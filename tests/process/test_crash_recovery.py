@@ -1,4 +1,4 @@
-"""Durability across kill -9 and clean restarts (spec §5.6, glance-contract §8 item 30).
+"""Durability across kill -9 and clean restarts (docs/behaviour.md#durability).
 
 The daemon runs as its own process (``edgecache serve --config-file``), in front of a
 FaultyGlance in thread mode; every check is made from outside, the way an operator

@@ -1,4 +1,4 @@
-"""Hostile and malformed requests against the running daemon (glance-contract §2.2, §8).
+"""Hostile and malformed requests against the running daemon (docs/glance-wire.md).
 
 Requests go out on raw sockets wherever a client library would normalise them
 (``requests``/urllib3 remove dot segments and decode ``%2e``), and also through

@@ -1,8 +1,10 @@
-"""edgecache as operators run it: metrics, health, logs, systemd, signals (spec §4, §7, §8).
+"""edgecache as operators run it: metrics, health, logs, systemd, signals.
 
 The daemon runs as a process (:class:`lab.edgecache.EdgecacheProcess`) in front of a
 FaultyGlance in thread mode; every check is made from outside, the way Prometheus,
 systemd or an operator sees it. The helpers below are shared by the modules here.
+
+See docs/behaviour.md#running-it.
 """
 
 from __future__ import annotations

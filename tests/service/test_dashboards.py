@@ -1,4 +1,4 @@
-"""The Prometheus rules and the Grafana dashboard in etc/ (spec §7).
+"""The Prometheus rules and the Grafana dashboard in etc/ (docs/behaviour.md#metrics).
 
 ``promtool check rules`` and ``promtool test rules`` (Debian's prometheus
 package) check the rules' syntax and behaviour; the dashboard's queries are

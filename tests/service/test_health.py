@@ -1,4 +1,4 @@
-"""``GET /healthcheck`` in oslo.middleware's manner (spec §4), in-process.
+"""``GET /healthcheck`` in oslo.middleware's manner (docs/behaviour.md#http-surface), in-process.
 
 200 ``OK`` / 503 with reasons; HEAD 204 / 503; JSON on ``Accept: application/json``,
 with detail only for a caller on this host that speaks for itself.

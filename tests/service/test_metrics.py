@@ -1,4 +1,4 @@
-"""Every counter of spec §7 moves as it must, seen through real scrapes of a daemon process.
+"""Every counter of docs/behaviour.md#metrics moves as it must, seen through real scrapes.
 
 One daemon goes through a miss, a hit, a coalesced request, an integrity failure,
 an upstream error and a resumed body; after each step the scrape is compared

@@ -1,4 +1,4 @@
-"""SIGTERM drains, SIGHUP reloads (spec §8), on a daemon process.
+"""SIGTERM drains, SIGHUP reloads (docs/behaviour.md#running-it), on a daemon process.
 
 SIGTERM: the listening socket closes at once (new connections are refused)
 while a running download finishes with its verified bytes, and the process exits

@@ -1,10 +1,12 @@
-"""The systemd unit is a tested file, and the daemon speaks sd_notify (spec §8).
+"""The systemd unit is a tested file, and the daemon speaks sd_notify.
 
 ``systemd-analyze verify`` needs no running systemd: it loads the unit file as
 PID 1 would and reports every key it cannot parse, but it exits 0 on mere
 warnings, so any output fails the test. It also insists that ExecStart's binary
 exists, so the check runs on a copy whose ExecStart names this checkout's
 ``edgecache`` script. A deliberately broken copy proves the tool really checks.
+
+See docs/behaviour.md#running-it.
 """
 
 from __future__ import annotations

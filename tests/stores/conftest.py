@@ -1,4 +1,4 @@
-"""The slow stores for direct reads (``[upstream] direct_stores``).
+"""The slow stores for direct reads (``[upstream] direct_stores``, docs/behaviour.md).
 
 :func:`s3_server` is moto's S3 server and :func:`local_swift` a real single-node
 Swift with tempauth; the in-process backends run the store contract in

@@ -1,4 +1,4 @@
-"""``[upstream] direct_stores``: fills read the store, Glance keeps the verdict (issue 6 item 4)."""
+"""``[upstream] direct_stores``: fills read the store, Glance keeps the verdict."""
 
 from __future__ import annotations
 

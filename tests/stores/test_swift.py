@@ -1,4 +1,4 @@
-"""Swift locations as glance_store writes them, read from a real Swift (issue 6 item 4).
+"""Swift locations as glance_store writes them, read from a real Swift (direct store reads).
 
 The contract suite (test_contract.py) covers the tempauth v1 handshake; these
 tests cover the location formats, the ``[upstream_auth]`` path and a fill

@@ -1,4 +1,4 @@
-"""Swift behind a real Keystone, read with a real ``[upstream_auth]`` session (issue 6 item 4).
+"""Swift behind a real Keystone, read with a real ``[upstream_auth]`` session.
 
 test_swift.py covers the Keystone path with a stand-in session over tempauth;
 here every piece is real: a Keystone 30 (edgecache/localkeystone.py) with an
@@ -8,6 +8,8 @@ tempauth. Glance's store user ``glance`` holds ``member`` on project
 ``glance-store``; its object lives in that project's ``AUTH_<project id>``
 account, which SwiftStore finds in the catalog of the session that
 :func:`edgecache.daemon.config.load` builds from ``[upstream_auth]``.
+
+See docs/behaviour.md#tiers-and-stores.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A real Glance cannot cut a body after N bytes, trickle it, stall, lie about a
 hash or answer close-delimited on demand; this aiohttp test server can. It
-serves (``glance-contract.md`` §2, §3, §8):
+serves (docs/glance-wire.md):
 
 * ``GET /`` (300) and ``GET /versions`` (200): the version document, links
   pointing at the fake itself;

@@ -28,7 +28,7 @@ class FileBody:
             try:
                 piece = await asyncio.to_thread(os.pread, self._fd, FILE_PIECE, position)
             except OSError as exc:
-                # "body": the fill resumes from what it has (spec §5.5)
+                # "body": the fill resumes from what it has (docs/behaviour.md#upstream-faults)
                 raise UpstreamError(f"store file read failed: {exc}", reason="body") from exc
             if not piece:
                 return

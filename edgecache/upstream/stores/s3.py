@@ -127,7 +127,7 @@ class S3Body:
                 try:
                     piece: bytes = await self._stream.read(S3_PIECE)
                 except (TimeoutError, OSError, aiohttp.ClientError, BotoCoreError) as exc:
-                    # "body": the fill resumes from what it has (spec §5.5)
+                    # "body": the fill resumes from what it has (docs/behaviour.md#upstream-faults)
                     raise UpstreamError(f"{self._name}: body read failed: {exc!r}",
                                         reason="body") from exc
                 if not piece:

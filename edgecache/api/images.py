@@ -13,6 +13,7 @@ that image to within ``offline_auth_ttl`` (``serve_cached_on_upstream_failure``)
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import os
@@ -148,6 +149,8 @@ async def image_data(
             return await _send_hit(request, asked, hit.fd, service.metrics, outcome)
         return await _perform(request, service, action, asked, headers, image_id, path_qs,
                               outcome)
+    except asyncio.CancelledError:
+        raise  # the client left: the request still counts as what it was (finally)
     except BaseException:
         outcome.settle("error")
         raise

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 from pathlib import Path
 
 import pytest
@@ -180,6 +181,20 @@ async def test_head_answers_headers_only(edge: Edge, faulty_glance: FaultyGlance
     assert fg.count("GET", file_path(image_id)) == 1
 
 
+def blocked_connections(edge: Edge) -> int:
+    """Open server-side connections whose socket takes no more bytes (a client not reading)."""
+    runner = edge.client.server.runner
+    assert runner is not None and runner.server is not None
+    blocked = 0
+    for handler in runner.server.connections:
+        transport = handler.transport
+        if transport is None or transport.is_closing():
+            continue
+        _, writable, _ = select.select([], [transport.get_extra_info("socket").fileno()], [], 0)
+        blocked += not writable
+    return blocked
+
+
 async def test_eviction_does_not_break_a_transfer_in_progress(
     edge: Edge, faulty_glance: FaultyGlance
 ) -> None:
@@ -194,7 +209,7 @@ async def test_eviction_does_not_break_a_transfer_in_progress(
         assert resp.status == 200
         head = await resp.content.readany()
         # The client stops reading: socket buffers fill and the hit stalls mid-file.
-        await asyncio.sleep(0.3)
+        await eventually(lambda: blocked_connections(edge) == 1, what="the hit to stall")
         assert edge.sample("edgecache_served_bytes_total", source="cache") < len(data)
 
         deleted = await edge.fetch(f"/v2/images/{image_id}", method="DELETE")

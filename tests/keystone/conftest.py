@@ -65,8 +65,17 @@ class World:
     def expired_token(self, user: str) -> str:
         """A token of ``user`` that Keystone issued and that has expired by now."""
         token = self.keystone.short_lived_token(user, PASSWORD, USERS[user], lifetime=1)
-        time.sleep(1.5)
+        wait_until(lambda: not self.keystone_accepts(token), "a 1 s token to expire", 10)
         return token
+
+    def keystone_accepts(self, token: str) -> bool:
+        """Keystone's own verdict on ``token``: what Glance and edgecache ask it."""
+        answer = self.keystone.request(
+            "GET", "/v3/auth/tokens",
+            headers={"X-Auth-Token": self.keystone.admin_token(), "X-Subject-Token": token},
+            ok=(200, 404),
+        )
+        return answer.status == 200
 
     def project_of(self, user: str) -> str:
         return self.projects[USERS[user]]

@@ -201,7 +201,12 @@ async def _image_for_caller(
     headers[REQUEST_ID_HEADER] = request[REQUEST_ID_KEY]
     try:
         meta = await admin.lookup(image_id, headers)
-    except (UpstreamRefused, UpstreamError) as exc:
+    except UpstreamRefused as refusal:
+        # Glance's cache API words these itself ("Image <id> not found."); so do we.
+        if refusal.status == 404:
+            return error_response(404, f"Image {image_id} not found.")
+        return error_response(refusal.status, f"Glance refused image {image_id}.")
+    except UpstreamError as exc:
         return answer_for(exc)
     if meta.status != "active":
         return error_response(400, "Only images with status active can be targeted for queueing")

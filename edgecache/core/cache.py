@@ -9,7 +9,7 @@ pin, mark verified, discard corrupt, cancel a prefetch).
 
 A fill belongs to the cache, not to the request that started it: it runs as its
 own task, and a caller that disconnects does not cancel it. A fill whose bytes
-are wrong (a hash mismatch, a body shorter or longer than the record, a stall)
+are wrong (a hash mismatch, a body shorter or longer than the record)
 puts its image in a short cool-down: the next callers are told to come back
 rather than each starting another download of the same bad bytes.
 """
@@ -362,8 +362,8 @@ class ImageCache:
                 LOG.info("committed image %s (%d bytes, %.1f s)", fill.image_id, fill.size,
                          self._clock.monotonic() - started)
         except asyncio.CancelledError:
-            if fill.stalled:
-                self._failed(fill, FillStalled(f"fill of {fill.image_id} stalled"))
+            if fill.stalled:  # a silent upstream, not wrong bytes: no cool-down
+                fill.fail(FillStalled(f"fill of {fill.image_id} stalled"))
             else:
                 fill.fail(FillAborted(f"fill of {fill.image_id} cancelled"))
                 raise
@@ -398,7 +398,7 @@ class ImageCache:
             self._publish()
 
     def _failed(self, fill: Fill, exc: BaseException) -> None:
-        """End a fill whose upstream bytes are wrong (hash, size, stall): cool the image down.
+        """End a fill whose upstream bytes are wrong (hash, size): cool the image down.
 
         The same bytes would most likely come again, so for ``failure_cooldown``
         seconds no new fill of them starts (:meth:`cooldown`).

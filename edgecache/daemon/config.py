@@ -141,12 +141,13 @@ cache_opts = [
         "failure_cooldown",
         default=30.0,
         min=0,
-        help="Seconds after a fill fails for upstream's reasons (the bytes do not match "
-        "Glance's hash, the body keeps breaking off, the fill stalls) during which no "
-        "new fill of the same image starts: callers get 503 with Retry-After instead, "
-        "so a corrupt image is not downloaded again by every request. A refusal of "
-        "one caller (401/403) never starts a cool-down. 0 turns it off. Related "
-        "options: stall_time, [upstream] max_resume_attempts.",
+        help="Seconds after a fill ends with wrong bytes (they do not match Glance's "
+        "hash, or the body is shorter or longer than the image's size even after "
+        "max_resume_attempts resumes) during which no new fill of the same image "
+        "starts: callers get 503 with Retry-After instead, so a corrupt image is not "
+        "downloaded again by every request. A refusal of one caller (401/403), a "
+        "refused connection or a stall never starts a cool-down. 0 turns it off. "
+        "Related options: verify, [upstream] max_resume_attempts.",
     ),
     cfg.BoolOpt(
         "verify",

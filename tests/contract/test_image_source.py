@@ -17,7 +17,6 @@ Glance's refusals arriving as :class:`UpstreamRefused` with their status; and on
 from __future__ import annotations
 
 import hashlib
-import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
@@ -33,6 +32,7 @@ from edgecache.model import ImageBody, ImageMeta, ImageSource
 from edgecache.upstream.glance import GlanceUpstream
 from edgecache.upstream.stores import DirectStoreSource, StoreRegistry
 from edgecache.upstream.stores.file import FileStore
+from lab.ports import free_port
 from lab.units import MiB
 from tests.support.faultyglance import Fault, FaultyGlance
 
@@ -56,10 +56,7 @@ class SourceUnderTest:
 
 def closed_endpoint() -> str:
     """An http URL on 127.0.0.1 where nothing listens (connections are refused)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    return f"http://127.0.0.1:{free_port()}"
 
 
 def glance_record(image_id: str, data: bytes, **fields: Any) -> dict[str, Any]:

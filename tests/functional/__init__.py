@@ -30,6 +30,7 @@ from edgecache.core.cache import ImageCache
 from edgecache.daemon.app import METRICS_KEY, make_app
 from edgecache.daemon.config import CacheSettings, Settings, UpstreamSettings
 from edgecache.metrics import Metrics
+from lab.polling import wait_until_async
 from lab.ports import free_port
 from tests.support.clock import FakeClock
 
@@ -177,11 +178,7 @@ async def eventually(
     predicate: Callable[[], bool], within: float = WAIT, what: str = "condition"
 ) -> None:
     """Poll ``predicate`` until it holds; fail the test after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within} s waiting for: {what}")
-        await asyncio.sleep(0.01)
+    await wait_until_async(predicate, what, within)
 
 
 def settings(

@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-import time
 from collections.abc import Callable
 from typing import Any
+
+from lab.polling import wait_until_async
 
 #: loop turns ``advance`` and ``settle`` give woken tasks (no real I/O is involved)
 _TURNS = 50
@@ -92,8 +93,4 @@ async def until(predicate: Callable[[], bool], *, within: float = 5.0, what: str
     (a diskcache or file write) finishes in real time, so a test waits for it here.
     Fake time does not move meanwhile; ``within`` real seconds bound a hang.
     """
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached within {within} s: {what or predicate}")
-        await asyncio.sleep(0)
+    await wait_until_async(predicate, what or repr(predicate), within, interval=0.0)

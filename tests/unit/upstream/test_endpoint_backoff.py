@@ -4,7 +4,6 @@ for Glance endpoints."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -13,6 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from edgecache.upstream.glance import GlanceUpstream
+from lab.ports import free_port
 from tests.support.clock import FakeClock
 
 #: A step exact in binary, so stepping back and forth lands on a deadline exactly.
@@ -60,10 +60,7 @@ async def endpoints() -> AsyncIterator[tuple[Endpoint, Endpoint]]:
 
 
 def _closed_port_url() -> str:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    return f"http://127.0.0.1:{free_port()}"
 
 
 async def test_an_unavailable_endpoint_rests_for_its_backoff(

@@ -141,24 +141,8 @@ class LocalGlance(UwsgiService):
 
     # -- paths ----------------------------------------------------------------
     @property
-    def etc_dir(self) -> Path:
-        return self.state_dir / "etc"
-
-    @property
     def data_dir(self) -> Path:
         return self.state_dir / "data"
-
-    @property
-    def log_dir(self) -> Path:
-        return self.state_dir / "log"
-
-    @property
-    def run_dir(self) -> Path:
-        return self.state_dir / "run"
-
-    @property
-    def uwsgi_log(self) -> Path:
-        return self.log_dir / "uwsgi.log"
 
     @property
     def api_log(self) -> Path:
@@ -177,10 +161,6 @@ class LocalGlance(UwsgiService):
         return self.etc_dir / "glance-uwsgi.ini"
 
     # -- state ----------------------------------------------------------------
-    @property
-    def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
-
     def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
         """The last lines of the uWSGI log and of Glance's own log, for error messages."""
         return tails([self.uwsgi_log, self.api_log], lines)

@@ -115,26 +115,6 @@ class LocalKeystone(UwsgiService):
 
     # -- paths and state ------------------------------------------------------------
     @property
-    def etc_dir(self) -> Path:
-        return self.state_dir / "etc"
-
-    @property
-    def log_dir(self) -> Path:
-        return self.state_dir / "log"
-
-    @property
-    def run_dir(self) -> Path:
-        return self.state_dir / "run"
-
-    @property
-    def uwsgi_log(self) -> Path:
-        return self.log_dir / "uwsgi.log"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
     def auth_url(self) -> str:
         return f"{self.url}/v3"
 

@@ -125,10 +125,33 @@ class UwsgiApp(Process):
 
 
 class UwsgiService:
-    """What a service run under uWSGI (Glance, Keystone) shares: its one master process."""
+    """What a service run under uWSGI (Glance, Keystone) shares: its layout under
+    ``state_dir``, its address, its one master process."""
 
+    state_dir: Path
+    port: int
     _server: UwsgiApp | None
     _master: int | None
+
+    @property
+    def etc_dir(self) -> Path:
+        return self.state_dir / "etc"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "log"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.state_dir / "run"
+
+    @property
+    def uwsgi_log(self) -> Path:
+        return self.log_dir / "uwsgi.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
 
     @property
     def pid(self) -> int | None:

@@ -330,7 +330,7 @@ log-format = {_REQ_TAG} %(method) %(uri) %(status) %(size) %(msecs)
             cmdline = []
         # Only ours if its command line names our ini file (pids get reused).
         if alive(pid) and str(self._ini) in cmdline:
-            say("localglance", f"stopping stale uWSGI {pid} from {self.state_dir}")
+            say("lab.glance", f"stopping stale uWSGI {pid} from {self.state_dir}")
             with contextlib.suppress(psutil.Error):
                 for member in group_pids(pid):
                     psutil.Process(member).kill()
@@ -519,7 +519,7 @@ def _main(argv: list[str]) -> int:
     root = default_state_root()
     venv = ensure_glance_venv(root)
     with LocalGlance(root / "glance-manual", venv, port=port, flavor=flavor) as glance:
-        say("localglance", f"Glance {GLANCE_VERSION} (flavor {flavor!r}) at {glance.url}; "
+        say("lab.glance", f"Glance {GLANCE_VERSION} (flavor {flavor!r}) at {glance.url}; "
             "Ctrl-C stops it")
         with contextlib.suppress(KeyboardInterrupt):
             while glance.running:

@@ -486,7 +486,7 @@ def _main() -> int:
                                 keystone=keystone)
         with glance:
             keystone.register_service("image", "glance", glance.url)
-            say("localkeystone", f"Keystone {KEYSTONE_VERSION} at {keystone.auth_url} (admin/"
+            say("lab.keystone", f"Keystone {KEYSTONE_VERSION} at {keystone.auth_url} (admin/"
                  f"{keystone.admin_password}); Glance at {glance.url}; Ctrl-C stops both")
             with contextlib.suppress(KeyboardInterrupt):
                 while keystone.running and glance.running:

@@ -1,7 +1,7 @@
 """Swift behind a real Keystone, read with a real ``[upstream_auth]`` session.
 
 test_swift.py covers the Keystone path with a stand-in session over tempauth;
-here every piece is real: a Keystone 30 (edgecache/localkeystone.py) with an
+here every piece is real: a Keystone 30 (lab/keystone.py) with an
 ``object-store`` service in its catalog, and a Swift whose proxy runs
 keystonemiddleware's ``authtoken`` and Swift's ``keystoneauth`` instead of
 tempauth. Glance's store user ``glance`` holds ``member`` on project

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -161,13 +162,38 @@ def test_probe_write_reports_a_vanished_directory(store: DiskStore) -> None:
     assert not store.usable()
 
 
-def test_probe_write_reports_a_read_only_directory(store: DiskStore) -> None:
-    if os.geteuid() == 0:
-        pytest.skip("root ignores permission bits; the vanished-directory test covers root")
-    store.incomplete_dir.chmod(0o500)
+def test_probe_write_reports_a_read_only_directory() -> None:
+    """Permission bits that forbid creating files (root ignores them, so as root the probe
+    runs in a child that has dropped to an unprivileged user)."""
+    # a root of our own outside pytest's private temp tree, so an unprivileged child
+    # can reach it without loosening any directory but ours
+    root = Path(tempfile.mkdtemp(prefix="edgecache-ro-"))
     try:
-        reason = store.probe_write()
+        root.chmod(0o755)
+        store = DiskStore(root)
+        store.open()
+        store.incomplete_dir.chmod(0o555)
+        reason = _probe_unprivileged(store) if os.geteuid() == 0 else store.probe_write()
         assert reason is not None and "Permission denied" in reason
-        assert not store.usable()
+        store.close()
     finally:
-        store.incomplete_dir.chmod(0o750)
+        shutil.rmtree(root)
+
+
+def _probe_unprivileged(store: DiskStore) -> str | None:
+    """``store.probe_write()`` in a forked child running as ``nobody``."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop privileges, probe, report, exit without cleanup
+        try:
+            os.close(read)
+            os.setgid(65534)
+            os.setuid(65534)
+            os.write(write, (store.probe_write() or "").encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        answer = pipe.read().decode()
+    os.waitpid(pid, 0)
+    return answer or None

@@ -287,7 +287,7 @@ async def _send_fill(
     start, stop = (byte_range.start, byte_range.stop) if byte_range else (0, fill.size)
 
     async def readable(offset: int) -> int:
-        end = await fill.wait_readable(offset)
+        end = await fill.wait_readable(offset, stop)
         if end >= stop:
             outcome.settle()  # everything this response carries is readable: it counts now
         return end

@@ -6,8 +6,9 @@ GIL), so the event loop only moves references. Readers do not get bytes from
 the fill: they ``sendfile`` from their own descriptor of the partial file, up to
 :meth:`Fill.readable_end`, and sleep on a future that is swapped on every advance.
 
-Integrity rule: the image's last byte is withheld from every reader until the
-whole body has been verified, so no response can end cleanly with wrong bytes.
+Integrity rule: the last byte a reader asked for (the image's own, or a range's)
+is withheld until the whole body has been verified, so no response can end
+cleanly with wrong bytes.
 """
 
 from __future__ import annotations
@@ -90,18 +91,25 @@ class Fill:
 
     # -- the reader's side ----------------------------------------------------------
 
-    def readable_end(self) -> int:
-        """How many leading bytes readers may send now; raises if the fill failed."""
+    def readable_end(self, stop: int | None = None) -> int:
+        """How many leading bytes of ``[0, stop)`` readers may send now; raises if the fill
+        failed.
+
+        Until the whole image is verified, the last byte of what a reader asked for (the
+        image's last byte, or a range's) is withheld: no response ends before the hash
+        has spoken.
+        """
         if self.error is not None:
             raise FillAborted(f"fill of {self.image_id} failed: {self.error}") from self.error
+        stop = self.size if stop is None else min(stop, self.size)
         if self.verified:
-            return self.size
-        return max(0, min(self.written, self.size - 1))
+            return stop
+        return max(0, min(self.written, stop - 1))
 
-    async def wait_readable(self, offset: int) -> int:
-        """Wait until bytes past ``offset`` may be sent (or the image is complete)."""
+    async def wait_readable(self, offset: int, stop: int | None = None) -> int:
+        """Wait until bytes past ``offset`` (of ``[0, stop)``) may be sent, or all of them."""
         while True:
-            end = self.readable_end()
+            end = self.readable_end(stop)
             if end > offset or (self.verified and end >= offset):
                 return end
             # shield: a reader that goes away must not cancel everyone's wake-up

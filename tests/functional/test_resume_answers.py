@@ -102,3 +102,26 @@ async def test_a_range_of_an_image_being_fetched_is_read_from_its_fill(
     assert (await whole).body == data
     assert fg.count("GET", file_path(image_id)) == 1
     assert edge.requests("coalesced") == 2
+
+
+async def test_a_range_of_a_fill_with_wrong_bytes_is_cut_never_clean(
+    edge: Edge, faulty_glance: FaultyGlance
+) -> None:
+    """The range ends before the image does, over the byte that is wrong: it must not end
+    cleanly before the hash is known, and the hash condemns it."""
+    fg = faulty_glance
+    data = os.urandom(2 * MiB)
+    image_id = fg.add_image(
+        data, fault=Fault(wrong_hash=True, trickle_chunk=128 * 1024, trickle_delay=0.02)
+    )["id"]
+    whole = asyncio.ensure_future(edge.fetch(file_path(image_id)))
+    await eventually(lambda: fg.count("GET", file_path(image_id)) == 1, WAIT, "the fill")
+
+    flipped = len(data) // 2  # where the fault flips a byte
+    ranged = await edge.fetch(file_path(image_id), headers={"Range": f"bytes=0-{flipped}"})
+
+    assert ranged.status == 206
+    assert ranged.broken, f"a range over wrong bytes ended cleanly ({ranged.error!r})"
+    assert len(ranged.body) <= flipped
+    assert (await whole).broken
+    assert fg.count("GET", file_path(image_id)) == 1

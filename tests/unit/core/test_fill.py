@@ -231,6 +231,22 @@ async def test_the_last_byte_is_withheld_until_verified(files: Files) -> None:
     assert fill.readable_end() == len(DATA)
 
 
+async def test_a_ranges_last_byte_is_withheld_until_the_image_is_verified(
+    files: Files,
+) -> None:
+    """A range that ends before the image does must not complete on unverified bytes."""
+    fill = files.fill(image())
+    await fill.pump(ListBody(pieces(DATA)))
+    await settle()
+    assert fill.readable_end(100) == 99
+    reader = asyncio.ensure_future(fill.wait_readable(99, 100))
+    await settle()
+    assert not reader.done(), "the range's last byte waits for the hash"
+    fill.verify()
+    assert await reader == 100
+    assert fill.readable_end(100) == 100
+
+
 async def test_wrong_bytes_fail_verification_and_abort_readers(files: Files) -> None:
     wrong = DATA[:100] + bytes([DATA[100] ^ 1]) + DATA[101:]
     fill = files.fill(image())

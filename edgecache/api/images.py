@@ -36,7 +36,7 @@ from edgecache.api.errors import (
     unavailable,
 )
 from edgecache.api.ranges import BadRange, ByteRange, UnsatisfiableRange, requested_range
-from edgecache.api.streaming import ClientGone, abort, send_fd
+from edgecache.api.streaming import ClientGone, FileShrank, abort, send_fd
 from edgecache.core.cache import ImageCache
 from edgecache.core.decision import Action, Facts, Glance, Kind, Ranged, decide
 from edgecache.core.fill import Fill
@@ -146,7 +146,7 @@ async def image_data(
     outcome = _Outcome(request, service.metrics, action.result)
     try:
         if hit is not None:
-            return await _send_hit(request, asked, hit.fd, service.metrics, outcome)
+            return await _send_hit(request, asked, hit, service, outcome)
         return await _perform(request, service, action, asked, headers, image_id, path_qs,
                               outcome)
     except asyncio.CancelledError:
@@ -302,7 +302,7 @@ async def _send_fill(
         )
         if fill.size == 0:
             await readable(0)
-    except FillAborted as exc:
+    except (FillAborted, FileShrank) as exc:
         LOG.error("image %s: aborting the response: %s", meta.id, exc)
         outcome.settle("error")
         abort(request)
@@ -316,9 +316,10 @@ async def _send_fill(
 
 
 async def _send_hit(
-    request: web.Request, asked: _Asked, fd: int, metrics: Metrics, outcome: _Outcome,
+    request: web.Request, asked: _Asked, hit: Hit, service: ImageService, outcome: _Outcome,
 ) -> web.StreamResponse:
-    """Send a committed file (closing ``fd`` when done)."""
+    """Send a committed file (closing its descriptor when done)."""
+    fd, entry, cache, metrics = hit.fd, hit.entry, service.cache, service.metrics
     try:
         meta, byte_range = asked.meta, asked.byte_range
         assert meta is not None
@@ -333,6 +334,12 @@ async def _send_hit(
                 await send_fd(request, fd, start, stop,
                               on_sent=_FirstByte(metrics, "hit", "cache"))
             except ClientGone:
+                return response
+            except FileShrank as exc:
+                LOG.error("image %s: aborting the response: %s", meta.id, exc)
+                cache.report_damaged(entry, str(exc))
+                outcome.result = "error"
+                abort(request)
                 return response
         await response.write_eof()
         return response

@@ -27,6 +27,10 @@ class ClientGone(ConnectionResetError):
     """The client closed its connection (not an error of ours)."""
 
 
+class FileShrank(OSError):
+    """The file ended before the bytes it was known to hold (truncated under us)."""
+
+
 async def send_fd(
     request: web.Request,
     fd: int,
@@ -40,7 +44,9 @@ async def send_fd(
 
     ``readable(offset)`` waits until bytes past ``offset`` may be sent and returns
     how far; without it the whole file is readable. Raises whatever ``readable``
-    raises (a failed fill) after ``on_sent`` has counted what went out.
+    raises (a failed fill) after ``on_sent`` has counted what went out, and
+    FileShrank when the file holds fewer bytes than it must (the caller cuts the
+    connection: the client must never wait out a socket timeout for them).
     """
     loop = asyncio.get_running_loop()
     transport = request.transport
@@ -55,13 +61,17 @@ async def send_fd(
                 if transport.is_closing():
                     raise ClientGone("client went away")
                 try:
-                    await loop.sendfile(transport, file, offset, count, fallback=True)
+                    sent = await loop.sendfile(transport, file, offset, count, fallback=True)
                 except (ConnectionError, RuntimeError) as exc:
                     raise ClientGone(str(exc)) from exc
-                offset += count
-                request[SENDFILE_BYTES_KEY] = request.get(SENDFILE_BYTES_KEY, 0) + count
-                if on_sent is not None:
-                    on_sent(count)
+                offset += sent
+                request[SENDFILE_BYTES_KEY] = request.get(SENDFILE_BYTES_KEY, 0) + sent
+                if on_sent is not None and sent:
+                    on_sent(sent)
+                if sent < count:
+                    if transport.is_closing():
+                        raise ClientGone("client went away")
+                    raise FileShrank(f"the file ends at {offset}, before byte {stop}")
 
 
 def abort(request: web.Request) -> None:

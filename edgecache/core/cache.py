@@ -222,6 +222,11 @@ class ImageCache:
         fd = self._open_data(entry)
         if fd is None:
             return None
+        on_disk = os.fstat(fd).st_size
+        if on_disk != entry.size:  # truncated or grown under us: never serve it
+            os.close(fd)
+            self.report_damaged(entry, f"{on_disk} bytes on disk, {entry.size} recorded")
+            return None
         self._index.touch(entry.image_id, self._clock.time())
         self._dirty.add(entry.image_id)
         return Hit(_copy(entry), fd)
@@ -573,6 +578,15 @@ class ImageCache:
         entry.extra[VERIFIED_AT] = at
         await asyncio.to_thread(self._store.save_entries, [entry])
         return True
+
+    def report_damaged(self, entry: Entry, detail: str) -> None:
+        """A committed file is not what was committed (found while serving it): evict it now,
+        so the next request refetches and verifies, and count it."""
+        if self._current(entry) is None:
+            return
+        LOG.error("cached image %s is damaged (%s); evicting it", entry.image_id, detail)
+        self._metrics.integrity_failures.inc()
+        self.evict_soon(entry.image_id)
 
     async def discard_corrupt(self, checked: Entry, detail: str) -> bool:
         """Evict a committed image whose bytes no longer hash right, and count it.

@@ -8,13 +8,15 @@ from __future__ import annotations
 import asyncio
 import os
 import select
+import time
 from pathlib import Path
 
+import aiohttp
 import pytest
 from pytest_aiohttp import AiohttpClient
 
 from lab.units import MiB
-from tests.functional import Edge, eventually, file_path, sha512, start_edgecache
+from tests.functional import Edge, eventually, file_path, read_body, sha512, start_edgecache
 from tests.support.faultyglance import FaultyGlance
 
 
@@ -247,3 +249,55 @@ async def test_committed_images_survive_a_restart_partials_do_not(
     assert hit.body == data
     assert second.requests("hit") == 1
     assert fg.count("GET", file_path(image_id)) == 1
+
+
+async def test_a_truncated_cached_file_is_refetched_and_verified(
+    edge: Edge, faulty_glance: FaultyGlance
+) -> None:
+    """The committed file lost bytes behind our back: never served short, fetched again."""
+    fg = faulty_glance
+    data = os.urandom(2 * MiB)
+    meta = fg.add_image(data)
+    image_id = meta["id"]
+    assert (await edge.fetch(file_path(image_id))).body == data
+    await edge.settled()
+    os.truncate(edge.root / "data" / image_id, MiB)
+
+    again = await edge.fetch(file_path(image_id))
+
+    assert (again.status, again.error) == (200, None)
+    assert sha512(again.body) == meta["os_hash_value"]
+    assert fg.count("GET", file_path(image_id)) == 2
+    assert edge.sample("edgecache_integrity_failures_total") == 1
+    await edge.settled()
+    assert edge.data_files() == {image_id: len(data)}
+
+
+async def test_a_file_truncated_while_it_is_served_cuts_the_response_at_once(
+    edge: Edge, faulty_glance: FaultyGlance
+) -> None:
+    """A short sendfile ends the response with a cut, not a client waiting for bytes that
+    will never come; the damaged entry goes, and the next request refetches."""
+    fg = faulty_glance
+    data = os.urandom(32 * MiB)
+    meta = fg.add_image(data)
+    image_id = meta["id"]
+    assert (await edge.fetch(file_path(image_id))).body == data
+    await edge.settled()
+
+    started = time.monotonic()
+    async with edge.client.get(file_path(image_id)) as resp:
+        assert resp.status == 200
+        first = await resp.content.readany()
+        os.truncate(edge.root / "data" / image_id, 4 * MiB)
+        rest, error, _ = await read_body(resp, started)
+    assert time.monotonic() - started < 5.0
+    assert isinstance(error, (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError))
+    assert len(first) + len(rest) < len(data)
+    await eventually(lambda: not edge.cache.is_committed(image_id), what="the eviction")
+    assert edge.sample("edgecache_integrity_failures_total") == 1
+
+    again = await edge.fetch(file_path(image_id))
+    assert (again.status, again.error) == (200, None)
+    assert sha512(again.body) == meta["os_hash_value"]
+    assert fg.count("GET", file_path(image_id)) == 2

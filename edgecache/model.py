@@ -10,6 +10,7 @@ wherever image bytes come from; which server produced them is not its business.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -18,6 +19,16 @@ from typing import Any, Protocol
 UUID_PATTERN = (
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 )
+_UUID = re.compile(UUID_PATTERN)
+
+
+def image_id_of(text: str) -> str | None:
+    """The image id ``text`` names, in the one form edgecache keys everything by, or None.
+
+    A UUID names the same image in upper and lower case (Glance finds it either
+    way), so lookups, fills, purges and evictions all use the lower-case form.
+    """
+    return text.lower() if _UUID.fullmatch(text) else None
 
 
 @dataclass(frozen=True)

@@ -50,11 +50,16 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from edgecache.api.authn import caller_roles
-from edgecache.api.errors import REQUEST_ID_HEADER, REQUEST_ID_KEY, answer_for, error_response
+from edgecache.api.errors import (
+    REQUEST_ID_HEADER,
+    answer_for,
+    error_response,
+    upstream_request_id,
+)
 from edgecache.core.cache import ImageCache
 from edgecache.core.views import verified_at
 from edgecache.errors import NoSpace, UpstreamError, UpstreamRefused
-from edgecache.model import UUID_PATTERN, Entry, ImageMeta
+from edgecache.model import Entry, ImageMeta, image_id_of
 from edgecache.ops.prefetch import Prefetcher
 from edgecache.ops.scrub import Scrubber, Verdict
 from edgecache.upstream.glance import forwarded
@@ -84,7 +89,6 @@ class CacheAdmin:
 CACHE_ADMIN_KEY = web.AppKey("edgecache.cache_admin", CacheAdmin)
 
 _PATHS = re.compile(r"^/v2/(?:cache|cached_images|queued_images)(?:/.*)?$")
-_ID = re.compile(UUID_PATTERN)
 
 Handler = Callable[[web.Request, CacheAdmin, str], Awaitable[web.StreamResponse]]
 
@@ -117,8 +121,11 @@ async def handle(request: web.Request, path: str) -> web.StreamResponse:
         )
     if not is_admin(request, admin):
         return error_response(403, "Access was denied to this resource.")
-    if image_id is not None and not _ID.fullmatch(image_id):
-        return error_response(404, f"Image {image_id[:64]} not found.")
+    if image_id is not None:
+        canonical = image_id_of(image_id)
+        if canonical is None:
+            return error_response(404, f"Image {image_id[:64]} not found.")
+        image_id = canonical
     return await handler(request, admin, image_id or "")
 
 
@@ -198,7 +205,7 @@ async def _image_for_caller(
 ) -> ImageMeta | web.Response:
     """Glance's record as the caller sees it, or the answer to give instead."""
     headers = forwarded(request.headers)
-    headers[REQUEST_ID_HEADER] = request[REQUEST_ID_KEY]
+    headers[REQUEST_ID_HEADER] = upstream_request_id(request)
     try:
         meta = await admin.lookup(image_id, headers)
     except UpstreamRefused as refusal:

@@ -67,6 +67,19 @@ def request_id_for(header: str | None) -> str:
     return f"req-{uuid.uuid4()}"
 
 
+def upstream_request_id(request: web.Request) -> str:
+    """The request id that calls made on the caller's behalf carry to Glance.
+
+    The caller's own id as sent, when it has one: Glance adds the ``req-`` prefix
+    itself, and adding it here could take a 64-character id past Glance's
+    ``max_request_id_length``. Otherwise the id edgecache made for the request.
+    """
+    own = request.headers.get(REQUEST_ID_HEADER)
+    if own is not None and bad_request_id(own) is None:
+        return own
+    return request[REQUEST_ID_KEY]
+
+
 def bad_request_id(header: str | None) -> str | None:
     """Why a caller's request id cannot be adopted, or None when it can."""
     if header is None:

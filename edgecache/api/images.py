@@ -17,7 +17,6 @@ import asyncio
 import dataclasses
 import logging
 import os
-import re
 import time
 from dataclasses import dataclass
 
@@ -30,10 +29,10 @@ from edgecache.api.authn import caller_identity
 from edgecache.api.errors import (
     CACHE_RESULT_KEY,
     REQUEST_ID_HEADER,
-    REQUEST_ID_KEY,
     answer_for,
     error_response,
     unavailable,
+    upstream_request_id,
 )
 from edgecache.api.ranges import BadRange, ByteRange, UnsatisfiableRange, requested_range
 from edgecache.api.streaming import ClientGone, FileShrank, abort, send_fd
@@ -43,12 +42,11 @@ from edgecache.core.fill import Fill
 from edgecache.core.views import Copy, FillState, Hit
 from edgecache.errors import FillAborted, FillCoolingDown, UpstreamError, UpstreamRefused
 from edgecache.metrics import Metrics
-from edgecache.model import UUID_PATTERN, ImageMeta
+from edgecache.model import ImageMeta, image_id_of
 from edgecache.upstream.glance import GlanceUpstream, forwarded
 
 LOG = logging.getLogger(__name__)
 
-_IMAGE_ID = re.compile(UUID_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -133,8 +131,9 @@ async def image_data(
     request: web.Request, service: ImageService, image_id: str, path_qs: str
 ) -> web.StreamResponse:
     """Answer an image-data GET or HEAD: gather the facts, decide, act, count once."""
+    image_id = image_id_of(image_id) or image_id  # one form for every key
     headers = forwarded(request.headers)
-    headers[REQUEST_ID_HEADER] = request[REQUEST_ID_KEY]
+    headers[REQUEST_ID_HEADER] = upstream_request_id(request)
     asked = _Asked()
     facts = await _gather(request, service, image_id, headers, asked)
     action = decide(facts)
@@ -164,7 +163,7 @@ async def _gather(
 ) -> Facts:
     """Ask Glance (as the caller), parse the Range, look at the cache: the facts to decide on."""
     method = request.method
-    if not _IMAGE_ID.fullmatch(image_id):
+    if image_id_of(image_id) is None:
         return Facts(method, id_is_uuid=False)
     glance = Glance.GRANTED
     try:

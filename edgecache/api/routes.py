@@ -29,6 +29,7 @@ from edgecache.api.errors import (
     error_response,
     request_id_for,
 )
+from edgecache.model import image_id_of
 
 SERVICE_KEY = web.AppKey("edgecache.service", images.ImageService)
 
@@ -84,9 +85,10 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     image = _IMAGE.match(rest)
     if image is not None and request.method == "DELETE" and status == 204:
         # The image is gone upstream (Glance's own cache purges on this too).
-        image_id = unquote(image["image_id"])
-        service.metadata.forget(image_id)
-        service.cache.evict_soon(image_id)
+        image_id = image_id_of(unquote(image["image_id"]))
+        if image_id is not None:
+            service.metadata.forget(image_id)
+            service.cache.evict_soon(image_id)
     return response
 
 

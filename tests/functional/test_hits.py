@@ -301,3 +301,42 @@ async def test_a_file_truncated_while_it_is_served_cuts_the_response_at_once(
     assert (again.status, again.error) == (200, None)
     assert sha512(again.body) == meta["os_hash_value"]
     assert fg.count("GET", file_path(image_id)) == 2
+
+
+async def test_an_upper_case_id_is_the_same_image(
+    edge: Edge, faulty_glance: FaultyGlance
+) -> None:
+    """Glance finds a UUID in either case; so do the cache, the purge and the cache API."""
+    fg = faulty_glance
+    data = os.urandom(MiB)
+    image_id = fg.add_image(data)["id"]
+    assert (await edge.fetch(file_path(image_id))).body == data
+    await edge.settled()
+
+    upper = await edge.fetch(file_path(image_id.upper()))
+
+    assert (upper.status, upper.body) == (200, data)
+    assert fg.count("GET", file_path(image_id)) == 1, "a hit, not a second download"
+    assert edge.requests("hit") == 1
+    deleted = await edge.client.delete(f"/v2/cache/{image_id.upper()}")
+    assert deleted.status == 204
+    assert not edge.cache.is_committed(image_id)
+
+
+async def test_a_64_character_request_id_reaches_glance_within_its_limit(
+    edge: Edge, faulty_glance: FaultyGlance
+) -> None:
+    """Glance refuses ids over 64 characters: edgecache forwards the caller's id as sent
+    (Glance prefixes ``req-`` itself), and answers with the prefixed form, as Glance does."""
+    fg = faulty_glance
+    data = os.urandom(MiB)
+    image_id = fg.add_image(data)["id"]
+    caller_id = "x" * 64
+
+    got = await edge.fetch(file_path(image_id), headers={"X-OpenStack-Request-ID": caller_id})
+
+    assert (got.status, got.body) == (200, data)
+    assert got.headers["x-openstack-request-id"] == f"req-{caller_id}"
+    sent = [r.headers.get("x-openstack-request-id") for r in fg.requests
+            if r.path.startswith(f"/v2/images/{image_id}")]
+    assert sent and all(value == caller_id for value in sent), sent

@@ -60,8 +60,13 @@ class Fill:
         verify: bool = True,
         clock: Callable[[], float] = time.monotonic,
         on_received: Callable[[int], None] | None = None,
+        write: Callable[[int, bytes, int], None] | None = None,
     ) -> None:
         self.meta = meta
+        #: ``write(fd, data, offset)`` puts a chunk on disk (in the writer thread)
+        self._write = write or _pwrite_all
+        #: set by the first write that failed: the watermark never passes a hole
+        self._hole_at: int | None = None
         #: sees every upstream chunk as it arrives, so byte counters move during a long fill
         self._on_received = on_received
         self.image_id = meta.id
@@ -152,9 +157,15 @@ class Fill:
         waiting, self._progress = self._progress, asyncio.get_running_loop().create_future()
         waiting.set_result(None)
 
-    def _on_written(self, end: int, future: asyncio.Future[None]) -> None:
+    def _on_written(self, start: int, end: int, future: asyncio.Future[None]) -> None:
         if future.cancelled() or future.exception() is not None:
-            return  # the pump sees the error when it awaits this write
+            # The pump sees the error when it awaits this write; later writes may
+            # still land, but readers must never be handed the hole before them.
+            if self._hole_at is None or start < self._hole_at:
+                self._hole_at = start
+            return
+        if self._hole_at is not None and end > self._hole_at:
+            return
         self.written = max(self.written, end)
         self.last_progress = self._clock()
         self._wake()
@@ -189,8 +200,8 @@ class Fill:
                 end = offset + len(chunk)
                 if end > self.size:
                     raise ShortBody(f"upstream sent more than the image's {self.size} bytes")
-                write = loop.run_in_executor(self._writer, _pwrite_all, self.fd, chunk, offset)
-                write.add_done_callback(functools.partial(self._on_written, end))
+                write = loop.run_in_executor(self._writer, self._write, self.fd, chunk, offset)
+                write.add_done_callback(functools.partial(self._on_written, offset, end))
                 writes.append(write)
                 if self._hasher is not None:
                     hashes.append(loop.run_in_executor(self._hashing, self._hasher.update, chunk))

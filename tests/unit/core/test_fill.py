@@ -9,9 +9,10 @@ overrun is exact; time is a :class:`~tests.support.clock.FakeClock`.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -91,7 +92,8 @@ class Files:
         self.fills: list[Fill] = []
 
     def fill(self, meta: ImageMeta, *, clock: FakeClock | None = None,
-             verify: bool = True) -> Fill:
+             verify: bool = True,
+             write: Callable[[int, bytes, int], None] | None = None) -> Fill:
         partial = self.root / f"{meta.id}.{len(self.fds)}"
         fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         self.fds.append(fd)
@@ -102,6 +104,7 @@ class Files:
             fd=fd,
             verify=verify,
             clock=(clock or FakeClock()).monotonic,
+            write=write,
         )
         self.fills.append(fill)
         return fill
@@ -218,6 +221,22 @@ async def test_a_body_longer_than_the_image_is_a_short_body(files: Files) -> Non
 
 
 # -- verifying ----------------------------------------------------------------------
+
+
+async def test_a_failed_write_leaves_no_hole_for_readers(files: Files) -> None:
+    """The second chunk's write fails (a disk error); the third, queued behind it, lands:
+    the watermark stops before the failed chunk and the pump fails."""
+    def write(fd: int, data: bytes, offset: int) -> None:
+        if offset == 1000:
+            raise OSError(errno.EIO, "Input/output error")
+        os.pwrite(fd, data, offset)
+
+    fill = files.fill(image(), write=write)
+    with pytest.raises(OSError):
+        await fill.pump(ListBody(pieces(DATA)))
+    await settle()
+    assert fill.written == 1000
+    assert fill.readable_end() <= 1000
 
 
 async def test_the_last_byte_is_withheld_until_verified(files: Files) -> None:

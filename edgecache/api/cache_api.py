@@ -261,7 +261,7 @@ async def queue_image(request: web.Request, admin: CacheAdmin, image_id: str) ->
 
 async def delete_image(request: web.Request, admin: CacheAdmin, image_id: str) -> web.Response:
     unqueued = await admin.prefetcher.remove(image_id)
-    evicted = await admin.cache.evict(image_id)
+    evicted = await admin.cache.purge(image_id)
     if not (unqueued or evicted):
         return error_response(404, f"Image {image_id} not found.")
     return web.Response(status=204)
@@ -277,7 +277,7 @@ async def clear_cache(request: web.Request, admin: CacheAdmin, _: str) -> web.Re
     if target in ("", "both", "queue"):
         await admin.prefetcher.clear()
     if target in ("", "both", "cache"):
-        await admin.cache.evict_all()
+        await admin.cache.purge_all()
     return web.Response(status=204)
 
 
@@ -364,14 +364,14 @@ async def legacy_list_cached(request: web.Request, admin: CacheAdmin, _: str) ->
 async def legacy_delete_cached(
     request: web.Request, admin: CacheAdmin, image_id: str
 ) -> web.Response:
-    await admin.cache.evict(image_id)
+    await admin.cache.purge(image_id)
     return _json(None)
 
 
 async def legacy_delete_all_cached(
     request: web.Request, admin: CacheAdmin, _: str
 ) -> web.Response:
-    return _json({"num_deleted": await admin.cache.evict_all()})
+    return _json({"num_deleted": await admin.cache.purge_all()})
 
 
 async def legacy_list_queued(request: web.Request, admin: CacheAdmin, _: str) -> web.Response:

@@ -438,21 +438,56 @@ class ImageCache:
             await self.wait_fill(fill)
 
     def cancel_prefetch(self, image_id: str) -> bool:
-        """Stop a fill that only a prefetch wants (no live caller joined it)."""
+        """Stop a fill that only a prefetch wants (no live caller joined it).
+
+        A fill that has verified every byte is only committing: it is left to finish.
+        """
         fill = self._fills.get(image_id)
+        if fill is None or fill.throttle is None or fill.verified:
+            return False
+        return self._cancel_fill(image_id)
+
+    def _cancel_fill(self, image_id: str) -> bool:
         task = self._fill_tasks.get(image_id)
-        if fill is None or fill.throttle is None or task is None or task.done():
+        if task is None or task.done():
             return False
         task.cancel()
         return True
+
+    async def purge(self, image_id: str) -> bool:
+        """An operator removes an image: its fill in progress stops, its copy goes.
+
+        A fill that has verified every byte is let finish its commit (never cut
+        mid-rename), and what it committed is evicted; otherwise the image would
+        come back after the operator removed it. False if there was nothing.
+        """
+        fill = self._fills.get(image_id)
+        stopped = False
+        if fill is not None:
+            if fill.verified:
+                await self.wait_fill(fill)
+            else:
+                stopped = self._cancel_fill(image_id)
+                task = self._fill_tasks.get(image_id)
+                if task is not None:
+                    await asyncio.wait([task])
+        evicted = await self.evict(image_id)
+        return stopped or evicted or fill is not None
+
+    async def purge_all(self) -> int:
+        """Every fill in progress stops and every committed image goes (pinned ones too)."""
+        for image_id in list(self._fills):
+            await self.purge(image_id)
+        return await self.evict_all()
 
     def abandon_stalled(self) -> list[str]:
         """Cancel fills that made no progress for ``stall_time``; their partials go."""
         now = self._clock.monotonic()
         stalled = []
         for image_id, fill in list(self._fills.items()):
-            if policy.is_stalled(last_progress=fill.last_progress, now=now,
-                                 stall_time=self._stall_time):
+            if not fill.verified and policy.is_stalled(
+                last_progress=fill.last_progress, now=now, stall_time=self._stall_time
+            ):
                 task = self._fill_tasks.get(image_id)
                 if task is not None and not task.done():
                     LOG.warning("fill of %s made no progress for %.0f s; abandoning it",

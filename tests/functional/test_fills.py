@@ -427,3 +427,30 @@ async def test_zero_byte_image_is_served_and_committed(
     assert hit.body == b""
     assert edge.requests("hit") == 1
     assert fg.count("GET", file_path(image_id)) == 1
+
+
+@pytest.mark.parametrize("how", ["delete", "clear"])
+async def test_an_operator_removing_an_image_stops_its_fill(
+    edge: Edge, faulty_glance: FaultyGlance, how: str
+) -> None:
+    """``DELETE /v2/cache/{id}`` (or a clear) during a fill: the fill stops and nothing is
+    committed, so the image cannot come back, unaccounted, after the operator removed it."""
+    fg = faulty_glance
+    data = os.urandom(4 * MiB)
+    image_id = fg.add_image(data, fault=Fault(trickle_chunk=128 * 1024, trickle_delay=0.02))["id"]
+    caller = asyncio.ensure_future(edge.fetch(file_path(image_id)))
+    await eventually(lambda: (fill := edge.cache.running_fill(image_id)) is not None
+                     and fill.written > 0, WAIT, "the fill to start")
+
+    if how == "delete":
+        answer = await edge.client.delete(f"/v2/cache/{image_id}")
+    else:
+        answer = await edge.client.delete("/v2/cache")
+    assert answer.status == 204
+
+    got = await caller
+    assert got.broken, "the fill was stopped: its caller is cut, never served short"
+    await edge.settled()
+    assert not edge.cache.is_committed(image_id)
+    assert edge.data_files() == {}
+    assert edge.incomplete_files() == []

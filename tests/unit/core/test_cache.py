@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import threading
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,7 +29,7 @@ from edgecache.errors import (
     UpstreamRefused,
 )
 from edgecache.metrics import Metrics
-from edgecache.model import ImageBody, ImageMeta
+from edgecache.model import Entry, ImageBody, ImageMeta
 from lab.units import KiB
 from tests.support.clock import FakeClock
 
@@ -340,3 +341,48 @@ async def test_cancelling_a_prefetch_leaves_live_fills_alone(setup: Setup) -> No
     assert not setup.cache.cancel_prefetch("unknown")
     setup.source.hold.set()
     assert await setup.cache.wait_fill(live[0])
+
+
+class HeldCommits(DiskStore):
+    """A disk store whose commits wait until the test lets them through."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def commit(self, partial: Path, fd: int, entry: Entry) -> None:
+        self.entered.set()
+        self.release.wait(10)
+        super().commit(partial, fd, entry)
+
+
+class Unthrottled:
+    """A prefetch's throttle that paces nothing (only its presence matters here)."""
+
+    async def take(self, amount: int) -> None:
+        return None
+
+    def lift(self) -> None:
+        return None
+
+
+async def test_a_verified_fill_is_never_cancelled_mid_commit(tmp_path: Path) -> None:
+    store = HeldCommits(tmp_path / "cache")
+    data = os.urandom(8 * KiB)
+    source = MemorySource(images={"a": data})
+    cache = ImageCache(store, source, max_size=64 * KiB, clock=FakeClock())
+    await cache.start()
+    try:
+        joined = cache.fill_for(record("a", data), {}, throttle=Unthrottled())
+        assert joined is not None
+        await asyncio.to_thread(store.entered.wait, 10)
+        assert joined[0].verified
+
+        assert not cache.cancel_prefetch("a"), "only its commit is left"
+        store.release.set()
+        assert await cache.wait_fill(joined[0])
+        assert cache.is_committed("a")
+    finally:
+        store.release.set()
+        await cache.stop()

@@ -7,7 +7,7 @@ ranged answer (200 from 0, or 206 from the offset asked) is judged in one place.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 
@@ -20,10 +20,18 @@ _BATCH = 1 << 20
 class HttpBody:
     """A 200 image-data response being read."""
 
-    def __init__(self, response: aiohttp.ClientResponse, start: int = 0) -> None:
+    def __init__(
+        self,
+        response: aiohttp.ClientResponse,
+        start: int = 0,
+        *,
+        on_break: Callable[[], None] | None = None,
+    ) -> None:
         self._response = response
         self.content_length = response.content_length
         self.start = start
+        #: called once when the body breaks off (the sender is then rested)
+        self._on_break = on_break
 
     async def chunks(self) -> AsyncIterator[bytes]:
         content = self._response.content
@@ -42,6 +50,8 @@ class HttpBody:
                         chunk = b"".join(pieces)
                 yield chunk
         except (TimeoutError, aiohttp.ClientError) as exc:
+            if self._on_break is not None:
+                self._on_break()
             raise UpstreamError(f"image body broke off: {exc!r}", reason="body") from exc
 
     def close(self) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 
 import aiohttp
@@ -110,6 +110,14 @@ class GlanceUpstream:
         self._failures[endpoint] = failures
         self._down_until[endpoint] = self._clock.monotonic() + ENDPOINT_BACKOFF.delay(failures)
 
+    def _rest_for(self, response: aiohttp.ClientResponse) -> Callable[[], None]:
+        """What to do when this response's body breaks off: rest the endpoint that sent it,
+        so the fill's resume asks another one first (a body stalled past read_timeout
+        says the endpoint is hung)."""
+        url = str(response.url)
+        endpoint = next((e for e in self.endpoints if url.startswith(e)), None)
+        return (lambda: self._mark_down(endpoint)) if endpoint is not None else (lambda: None)
+
     def _mark_up(self, endpoint: str) -> None:
         self._failures.pop(endpoint, None)
         self._down_until.pop(endpoint, None)
@@ -162,9 +170,17 @@ class GlanceUpstream:
                 error = UpstreamError(f"{method} {path_qs} at {endpoint}: {exc}", reason="connect")
                 continue
             except TimeoutError as exc:
-                raise UpstreamError(
-                    f"{method} {path_qs}: upstream timed out", reason="timeout"
-                ) from exc
+                # Connected, but no answer within read_timeout: a hung endpoint. Rest
+                # it; a request without a body can go to the next one.
+                self._mark_down(endpoint)
+                error = UpstreamError(
+                    f"{method} {path_qs} at {endpoint}: no answer in time", reason="timeout"
+                )
+                if data is None and endpoint != candidates[-1]:
+                    LOG.warning("%s gave no answer to %s %s in time; trying the next endpoint",
+                                endpoint, method, path_qs)
+                    continue
+                raise error from exc
             except aiohttp.ClientError as exc:
                 raise UpstreamError(f"{method} {path_qs}: {exc}", reason="connect") from exc
             if (
@@ -220,12 +236,13 @@ class GlanceUpstream:
         response = await self.request(
             "GET", f"/v2/images/{image_id}/file", headers=headers, proxy=self.http_proxy
         )
+        rest = self._rest_for(response)
         if response.status == 200:
-            return HttpBody(response)
+            return HttpBody(response, on_break=rest)
         if response.status == 206 and offset:
             start = content_range_start(response.headers.get("Content-Range", ""))
             if start == offset:
-                return HttpBody(response, start=offset)
+                return HttpBody(response, start=offset, on_break=rest)
             response.close()
             raise UpstreamError(
                 f"image {image_id}: asked for bytes {offset}-, got Content-Range "

@@ -42,6 +42,8 @@ def test_every_caller_gets_the_exact_bytes_across_cuts(
 
         # What went over the link: one plain GET, then one Range per cut, each
         # starting where the bytes edgecache had kept ended.
+        wait_until(lambda: len(relay.file_requests(image.file_path)) >= len(cuts) + 1,
+                   "the relay to record every GET (it does once it has relayed one)")
         relayed = relay.file_requests(image.file_path)
         assert len(relayed) == len(cuts) + 1
         assert relayed[0].range is None and relayed[0].status == 200

@@ -97,6 +97,8 @@ def test_an_edge_resuming_from_a_regional_node_still_costs_the_origin_one_get(
             EdgecacheProcess(tmp_path / "edge", glance_endpoints=[link.url], auth_cache_ttl=1)
         )
         _boot_all([edge], image)
+        wait_until(lambda: len(link.file_requests(image.file_path)) >= 2,
+                   "the link to record the GET and its resume")
         relayed = link.file_requests(image.file_path)
         assert [r.status for r in relayed] == [200, 206]
         assert real_glance.count_requests("GET", image.file_path, at_least=1) == 1

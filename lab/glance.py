@@ -32,7 +32,7 @@ import psutil
 from lab.httpclient import Response, request
 from lab.logs import say, tail, tails
 from lab.polling import WaitTimeout, wait_until
-from lab.ports import LOOPBACK, on_free_port
+from lab.ports import LOOPBACK
 from lab.procs import alive, child_env, group_pids
 from lab.units import MiB
 from lab.uwsgi import UwsgiApp, UwsgiService, uwsgi_ini
@@ -151,10 +151,6 @@ class LocalGlance(UwsgiService):
     @property
     def request_log_path(self) -> Path:
         return self.log_dir / "requests.log"
-
-    @property
-    def pidfile(self) -> Path:
-        return self.run_dir / "uwsgi.pid"
 
     @property
     def _ini(self) -> Path:
@@ -345,13 +341,7 @@ log-format = {_REQ_TAG} %(method) %(uri) %(status) %(size) %(msecs)
         failed to load) or is not ready within ``timeout`` seconds. On a port
         picked here that someone else took meanwhile, it retries on another.
         """
-        if self.running:
-            return
-        if not (self.venv / "bin" / "uwsgi").is_file():
-            raise RuntimeError(f"no uwsgi in {self.venv}: call ensure_glance_venv() first")
-        deadline = time.monotonic() + timeout
-
-        def start_on(port: int) -> None:
+        def start_on(port: int, deadline: float) -> None:
             self.port = port
             self._write_config()
             self._db_sync()
@@ -367,23 +357,7 @@ log-format = {_REQ_TAG} %(method) %(uri) %(status) %(size) %(msecs)
             )
             self._serve(server, deadline - time.monotonic())
 
-        try:
-            on_free_port(self.port, start_on)
-        except BaseException:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        """Stop uWSGI gracefully, forcefully after 20 s, and reap it. Idempotent."""
-        self._stop_server()
-        self.pidfile.unlink(missing_ok=True)
-
-    def __enter__(self) -> LocalGlance:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+        self._launch(timeout, "ensure_glance_venv", start_on)
 
     # -- HTTP helpers -----------------------------------------------------------
     def request(

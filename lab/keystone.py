@@ -32,7 +32,7 @@ from typing import IO, Any
 from lab.glance import GlanceHTTPError, LocalGlance, ensure_glance_venv, oslo_value
 from lab.httpclient import Response, request
 from lab.logs import say, tails
-from lab.ports import LOOPBACK, on_free_port
+from lab.ports import LOOPBACK
 from lab.procs import child_env
 from lab.uwsgi import UwsgiApp, UwsgiService, uwsgi_ini
 from lab.venvs import VenvSpec, default_state_root, ensure_venv
@@ -195,13 +195,7 @@ lock_path = {oslo_value(self.run_dir)}
     # -- lifecycle ----------------------------------------------------------------------
     def start(self, timeout: float = 90) -> None:
         """Configure, bootstrap and run uWSGI until ``GET /v3`` answers on every worker."""
-        if self.running:
-            return
-        if not (self.venv / "bin" / "uwsgi").is_file():
-            raise RuntimeError(f"no uwsgi in {self.venv}: call ensure_keystone_venv() first")
-        deadline = time.monotonic() + timeout
-
-        def start_on(port: int) -> None:
+        def start_on(port: int, deadline: float) -> None:
             self.port = port
             self._write_config()
             self._setup()
@@ -215,23 +209,7 @@ lock_path = {oslo_value(self.run_dir)}
             )
             self._serve(server, deadline - time.monotonic())
 
-        try:
-            on_free_port(self.port, start_on)
-        except BaseException:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        """Stop uWSGI by its pid (gracefully, then SIGKILL) and reap it. Idempotent."""
-        self._stop_server()
-        (self.run_dir / "uwsgi.pid").unlink(missing_ok=True)
-
-    def __enter__(self) -> LocalKeystone:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+        self._launch(timeout, "ensure_keystone_venv", start_on)
 
     # -- what clients configure ------------------------------------------------------
     def credentials(

@@ -12,11 +12,13 @@ import contextlib
 import os
 import re
 import signal
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Self
 
 from lab.httpclient import request
-from lab.ports import LOOPBACK, PortTaken
+from lab.ports import LOOPBACK, PortTaken, on_free_port
 from lab.procs import Process, StartError, group_pids
 
 __all__ = ["UwsgiApp", "UwsgiService", "uwsgi_ini"]
@@ -129,9 +131,47 @@ class UwsgiService:
     ``state_dir``, its address, its one master process."""
 
     state_dir: Path
+    venv: Path
     port: int
     _server: UwsgiApp | None
     _master: int | None
+
+    def start(self, timeout: float = 60) -> None:
+        raise NotImplementedError
+
+    def _launch(
+        self, timeout: float, venv_hint: str, start_on: Callable[[int, float], None]
+    ) -> None:
+        """Run ``start_on(port, deadline)`` on a free port until the service serves.
+
+        Nothing when it runs already; on any failure what was started is stopped.
+        """
+        if self.running:
+            return
+        if not (self.venv / "bin" / "uwsgi").is_file():
+            raise RuntimeError(f"no uwsgi in {self.venv}: call {venv_hint}() first")
+        deadline = time.monotonic() + timeout
+        try:
+            on_free_port(self.port, lambda port: start_on(port, deadline))
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Stop uWSGI by its pid (gracefully, then SIGKILL to its group), reap it. Idempotent."""
+        self._stop_server()
+        self.pidfile.unlink(missing_ok=True)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def pidfile(self) -> Path:
+        return self.run_dir / "uwsgi.pid"
 
     @property
     def etc_dir(self) -> Path:

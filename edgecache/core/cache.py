@@ -462,17 +462,12 @@ class ImageCache:
         come back after the operator removed it. False if there was nothing.
         """
         fill = self._fills.get(image_id)
-        stopped = False
         if fill is not None:
-            if fill.verified:
-                await self.wait_fill(fill)
-            else:
-                stopped = self._cancel_fill(image_id)
-                task = self._fill_tasks.get(image_id)
-                if task is not None:
-                    await asyncio.wait([task])
+            if not fill.verified:
+                self._cancel_fill(image_id)
+            await self.wait_fill(fill)
         evicted = await self.evict(image_id)
-        return stopped or evicted or fill is not None
+        return evicted or fill is not None
 
     async def purge_all(self) -> int:
         """Every fill in progress stops and every committed image goes (pinned ones too)."""

@@ -9,6 +9,13 @@ A 404 for an image edgecache holds may mean it was deleted upstream: the
 :class:`~edgecache.access.purge.DeletionCheck` decides whether to purge it. When no
 Glance answers at all, a cached copy is served only to a caller Glance granted
 that image to within ``offline_auth_ttl`` (``serve_cached_on_upstream_failure``).
+
+Seeing the record is not leave to download: before anything of the image leaves
+the cache (a hit, a join, a range, a HEAD) Glance's ``download_image`` policy is
+asked as the caller (:class:`~edgecache.access.grants.DownloadGrants`), and its
+refusal is the answer. A caller that starts a fill is asked by its own data GET.
+A fill that someone else started and Glance refused (their credentials, or the
+prefetch's) is not this caller's answer: it starts or joins another with its own.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from edgecache.access.grants import MetadataCache
+from edgecache.access.grants import DownloadGrants, GrantKey, MetadataCache
 from edgecache.access.purge import DeletionCheck
 from edgecache.api import proxy
 from edgecache.api.authn import caller_identity
@@ -57,8 +64,17 @@ class ImageService:
     metadata: MetadataCache
     upstream: GlanceUpstream
     metrics: Metrics
+    #: Glance's ``download_image`` verdicts per caller
+    downloads: DownloadGrants
     #: purges images deleted upstream (None: never, as in bare tests)
     deletions: DeletionCheck | None = None
+    #: a fill's data GET is Glance's ``/file`` as the caller (not a direct store read),
+    #: so a caller starting a fill needs no separate download probe
+    fill_asks_glance: bool = True
+
+
+#: How often a caller re-tries a fill after fills started by others were refused.
+_MAX_REJOINS = 3
 
 
 class _FirstByte:
@@ -137,6 +153,12 @@ async def image_data(
     asked = _Asked()
     facts = await _gather(request, service, image_id, headers, asked)
     action = decide(facts)
+    probed = action.asks_download or (
+        action.kind is Kind.START_FILL and facts.glance is Glance.GRANTED
+        and not service.fill_asks_glance
+    )
+    if probed:
+        action = await _ask_download(service, image_id, headers, asked, facts, action)
     hit: Hit | None = None
     if action.kind is Kind.SERVE_HIT and asked.meta is not None:
         hit = service.cache.open_hit(asked.meta)
@@ -147,7 +169,7 @@ async def image_data(
         if hit is not None:
             return await _send_hit(request, asked, hit, service, outcome)
         return await _perform(request, service, action, asked, headers, image_id, path_qs,
-                              outcome)
+                              outcome, probed=probed)
     except asyncio.CancelledError:
         raise  # the client left: the request still counts as what it was (finally)
     except BaseException:
@@ -175,7 +197,7 @@ async def _gather(
         service.metrics.upstream_errors.labels(reason=exc.reason).inc()
         LOG.warning("image %s: no upstream answer: %s", image_id, exc)
         remembered = service.metadata.offline_answer(image_id, headers)
-        if remembered is None:
+        if remembered is None or not service.downloads.offline_granted(image_id, headers):
             return Facts(method, glance=Glance.UNREACHABLE)
         meta, glance = remembered, Glance.OFFLINE_GRANT
     asked.meta = meta
@@ -207,6 +229,46 @@ async def _gather(
     )
 
 
+async def _download_verdict(
+    service: ImageService, image_id: str, headers: dict[str, str]
+) -> UpstreamRefused | UpstreamError | None:
+    """Glance's ``download_image`` answer for this caller: None (allowed) or why not."""
+    try:
+        await service.downloads.check(image_id, headers)
+    except (UpstreamRefused, UpstreamError) as exc:
+        if isinstance(exc, UpstreamError):
+            service.metrics.upstream_errors.labels(reason=exc.reason).inc()
+            LOG.warning("image %s: no upstream answer to the download check: %s", image_id, exc)
+        return exc
+    return None
+
+
+async def _ask_download(
+    service: ImageService, image_id: str, headers: dict[str, str], asked: _Asked,
+    facts: Facts, action: Action,
+) -> Action:
+    """``action`` if Glance lets this caller download the image, else what to do instead."""
+    verdict = await _download_verdict(service, image_id, headers)
+    if verdict is None:
+        return action
+    if isinstance(verdict, UpstreamRefused):
+        asked.refusal = verdict
+        return decide(dataclasses.replace(
+            facts, glance=Glance.REFUSED, refusal_status=verdict.status))
+    if service.downloads.offline_granted(image_id, headers):
+        return decide(dataclasses.replace(facts, glance=Glance.OFFLINE_GRANT))
+    return decide(dataclasses.replace(facts, glance=Glance.UNREACHABLE))
+
+
+async def _start_error(fill: Fill) -> BaseException | None:
+    """What the fill failed with before its body began, or None once it started."""
+    try:
+        await fill.wait_started()
+    except (UpstreamRefused, UpstreamError, FillAborted) as exc:
+        return exc
+    return None
+
+
 async def _perform(
     request: web.Request,
     service: ImageService,
@@ -216,6 +278,8 @@ async def _perform(
     image_id: str,
     path_qs: str,
     outcome: _Outcome,
+    *,
+    probed: bool,
 ) -> web.StreamResponse:
     """Carry out ``action`` (every kind but a hit, which needs its opened file)."""
     meta = asked.meta
@@ -248,24 +312,47 @@ async def _perform(
         return response
     if kind is Kind.SERVE_RANGE_FROM_FILL:
         fill = service.cache.fill_in_progress(meta)
-        if fill is None:  # it ended in between
+        if fill is None or isinstance(await _start_error(fill), UpstreamRefused):
+            # It ended in between, or Glance refused whoever started it: this
+            # caller's own request goes to Glance.
             return await _pass_through(request, service, path_qs, outcome)
         # A range of an image being fetched (typically a lower tier resuming a
         # broken body) is read from that fill, so upstream sees no second GET.
         return await _send_fill(request, meta, fill, asked.byte_range, service.metrics, outcome)
     # JOIN_FILL, START_FILL, COOLING_DOWN: the cache has the last word, now.
-    try:
-        joined = service.cache.fill_for(meta, headers)
-    except FillCoolingDown as exc:
-        outcome.settle("error")
-        return answer_for(exc)
-    if joined is None:
-        return await _pass_through(request, service, path_qs, outcome)
-    fill, started_now = joined
-    outcome.result = "miss" if started_now else "hit" if fill.verified else "coalesced"
-    LOG.debug("image %s: %s, %s its fill", meta.id, outcome.result,
-              "started" if started_now else "joined")
-    return await _send_fill(request, meta, fill, None, service.metrics, outcome)
+    grant: GrantKey = service.downloads.key(image_id, headers)
+    for _ in range(_MAX_REJOINS):
+        try:
+            joined = service.cache.fill_for(meta, headers)
+        except FillCoolingDown as exc:
+            outcome.settle("error")
+            return answer_for(exc)
+        if joined is None:
+            return await _pass_through(request, service, path_qs, outcome)
+        fill, started_now = joined
+        if not started_now and not probed:
+            # Someone else's fill of these bytes appeared meanwhile: ask first.
+            probed = True
+            verdict = await _download_verdict(service, image_id, headers)
+            if verdict is not None:
+                outcome.settle("error")
+                return answer_for(verdict)
+        failed = await _start_error(fill)
+        if isinstance(failed, UpstreamRefused):
+            if not started_now:
+                # Glance refused the credentials that started it (another caller's,
+                # or the prefetch's), not this caller's: start or join with its own.
+                LOG.info("image %s: a fill started by other credentials was refused "
+                         "(%d); fetching with the caller's own", meta.id, failed.status)
+                continue
+            service.downloads.refused(grant)
+        elif failed is None and started_now and service.fill_asks_glance:
+            service.downloads.note(grant)  # its own data GET was Glance's yes
+        outcome.result = "miss" if started_now else "hit" if fill.verified else "coalesced"
+        LOG.debug("image %s: %s, %s its fill", meta.id, outcome.result,
+                  "started" if started_now else "joined")
+        return await _send_fill(request, meta, fill, None, service.metrics, outcome)
+    return await _pass_through(request, service, path_qs, outcome)
 
 
 async def _send_fill(

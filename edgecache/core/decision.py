@@ -23,10 +23,18 @@ The order of the rules is the contract:
 9. a fill of these bytes is joined; a fill of other bytes is left alone (pass through);
 10. a fill that failed moments ago cools down (503 with Retry-After);
 11. an image that cannot fit is passed through; otherwise a fill starts.
+
+Seeing the record is not leave to download (Glance's ``download_image``
+policy): every action that sends bytes or headers of the image from the cache
+(a hit, a join, a range of a fill, a HEAD) ``asks_download`` first, and the
+handler relays Glance's refusal instead. A fill this caller starts needs no
+extra question (its own data GET is one); a pass through is Glance's own
+answer; offline, the recent grant stands for both.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass
 
@@ -96,10 +104,25 @@ class Action:
     evict_copy: bool = False
     #: a Glance 404: the copy may belong to a deleted image (the purge check decides)
     report_not_found: bool = False
+    #: Glance must first say this caller may download (``download_image``)
+    asks_download: bool = False
+
+
+#: What serves the image's bytes or headers from the cache, not from Glance's own answer.
+_SERVES_FROM_CACHE = frozenset(
+    {Kind.SERVE_HIT, Kind.SERVE_RANGE_FROM_FILL, Kind.HEAD_MISS, Kind.JOIN_FILL}
+)
 
 
 def decide(facts: Facts) -> Action:
     """The one action for these facts (see the module docstring for the rules)."""
+    action = _decide(facts)
+    if action.kind in _SERVES_FROM_CACHE and facts.glance is Glance.GRANTED:
+        return dataclasses.replace(action, asks_download=True)
+    return action
+
+
+def _decide(facts: Facts) -> Action:
     if not facts.id_is_uuid:
         return Action(Kind.BAD_ID, "error")
     if facts.glance is Glance.REFUSED:

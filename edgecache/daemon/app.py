@@ -25,7 +25,12 @@ import prometheus_client
 from aiohttp import web
 from oslo_config import cfg
 
-from edgecache.access.grants import MetadataCache
+from edgecache.access.grants import (
+    KEYSTONE_CREDENTIALS,
+    NOAUTH_CREDENTIALS,
+    DownloadGrants,
+    MetadataCache,
+)
 from edgecache.access.purge import DeletionCheck
 from edgecache.api import authn
 from edgecache.api.accesslog import AccessLogger
@@ -68,7 +73,10 @@ def make_app(
     app[HEALTH_KEY] = Health(clock=clock)
     app.cleanup_ctx.append(_service)
     setup_routes(app)
-    if settings.auth_strategy == "keystone" and settings.keystone_conf is not None:
+    if settings.auth_strategy == "keystone":
+        if settings.keystone_conf is None:
+            # Never open: without a validator every caller would be let through.
+            raise ConfigError("auth_strategy = keystone needs [keystone_authtoken]")
         from edgecache.access.tokens import (
             KeystoneValidator,  # keystonemiddleware: keystone mode only
         )
@@ -112,7 +120,12 @@ async def _service(app: web.Application) -> AsyncIterator[None]:
                 if upstream_settings.serve_cached_on_upstream_failure else 0.0
             ),
             clock=app[CLOCK_KEY],
+            credential_headers=(
+                KEYSTONE_CREDENTIALS if settings.auth_strategy == "keystone"
+                else NOAUTH_CREDENTIALS
+            ),
         )
+        downloads = DownloadGrants(upstream, metadata, clock=app[CLOCK_KEY])
         deletions = DeletionCheck(
             cache, metadata, upstream, credentials_for(settings.prefetch.upstream_auth),
             min_interval=max(1.0, upstream_settings.auth_cache_ttl),
@@ -123,7 +136,9 @@ async def _service(app: web.Application) -> AsyncIterator[None]:
             metadata=metadata,
             upstream=upstream,
             metrics=metrics,
+            downloads=downloads,
             deletions=deletions,
+            fill_asks_glance=not upstream_settings.direct_stores,
         )
         cache_admin = build_cache_admin(
             settings, cache, upstream, app[SERVICE_KEY].metadata.get, metrics, app[CLOCK_KEY]

@@ -10,6 +10,7 @@ growing time, measured on the injected :class:`~edgecache.clock.Clock`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -28,6 +29,8 @@ LOG = logging.getLogger(__name__)
 #: Headers of the caller that Glance needs to see on calls made on its behalf.
 FORWARDED_HEADERS = ("x-auth-token", "x-service-token", "x-openstack-request-id", "x-roles")
 
+#: Answers to the ``bytes=0-0`` download probe that mean "Glance's policy let it through".
+_DOWNLOAD_ALLOWED = frozenset({200, 204, 206, 416})
 #: Upstream statuses relayed to the caller verbatim: Glance's own verdicts.
 _RELAYED_STATUSES = frozenset({204, 400, 401, 403, 404, 405, 409, 410, 413, 415, 416, 431})
 
@@ -216,6 +219,34 @@ class GlanceUpstream:
                     raise UpstreamError(
                         f"image {image_id}: unreadable metadata", reason="status"
                     ) from exc
+            raise _refusal(response, body)
+
+    async def may_download(self, image_id: str, headers: Mapping[str, str]) -> None:
+        """Glance's ``download_image`` verdict for this caller: returns, or raises its refusal.
+
+        ``GET /v2/images/{id}/file`` with ``Range: bytes=0-0``, straight to Glance
+        (never through ``http_proxy``: the verdict is Glance's). Allowed: a 206 (the
+        first byte), a 200 (a Glance that ignores Range), a 204 (no data yet) and a
+        416 (a 0-byte image has no byte 0) — each means the policy let the call
+        through. The body is not read, except a one-byte 206 or an empty answer,
+        whose connection can then go back to the pool.
+        """
+        response = await self.request(
+            "GET", f"/v2/images/{image_id}/file", headers={**headers, "Range": "bytes=0-0"}
+        )
+        if response.status in _DOWNLOAD_ALLOWED:
+            length = response.content_length
+            if response.status != 200 and length is not None and length <= 1:
+                # The verdict is in the status line; a failed read just drops the connection.
+                with contextlib.suppress(TimeoutError, aiohttp.ClientError):
+                    await response.read()
+            response.close()  # unread: never the whole image of a Glance that ignored Range
+            return
+        async with response:
+            try:
+                body = await response.read()
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                raise UpstreamError(f"image {image_id}: {exc!r}", reason="body") from exc
             raise _refusal(response, body)
 
     async def open_image(

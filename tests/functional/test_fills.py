@@ -187,7 +187,9 @@ async def test_body_cut_midway_aborts_callers_and_commits_nothing(
     image_id = meta["id"]
 
     callers = [asyncio.create_task(edge.fetch(file_path(image_id))) for _ in range(3)]
-    await eventually(lambda: fg.count("GET", file_path(image_id)) == 1, WAIT, "upstream GET")
+    await eventually(lambda: fg.count("GET", file_path(image_id)) == 1
+                     and fg.probes(file_path(image_id)) >= 1, WAIT,
+                     "upstream GET and the joiners' download check")
     # Whatever a resume attempt asks for from now on, upstream cannot give it:
     # the fill must fail rather than commit.
     fg.stub("GET", file_path(image_id), status=500, json_body={"error": "gone"})

@@ -208,6 +208,8 @@ class _Image:
     data: bytes
     meta: dict[str, Any]
     readers: frozenset[str] | None
+    #: when set, only these tokens may download (others who may see it: 403)
+    downloaders: frozenset[str] | None = None
     fault: Fault | None = None
     fault_left: int | None = None
 
@@ -273,6 +275,11 @@ def _json(status: int, payload: Any, request_id: str) -> web.Response:
         content_type="application/json",
         headers={"x-openstack-request-id": request_id},
     )
+
+
+def is_download_probe(range_header: str | None) -> bool:
+    """edgecache's ``download_image`` check: a one-byte ``GET /file``."""
+    return range_header is not None and range_header.replace(" ", "") == "bytes=0-0"
 
 
 def _parse_range(value: str, size: int) -> tuple[int, int] | int:
@@ -376,6 +383,7 @@ class FaultyGlance:
         visibility: str = "public",
         owner: str = "00000000000000000000000000000000",
         readers: Collection[str] | None = None,
+        downloaders: Collection[str] | None = None,
         properties: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Add (or replace) an image and return a copy of its metadata.
@@ -383,7 +391,9 @@ class FaultyGlance:
         ``AUTO`` hash and size arguments are computed from ``data`` (null while ``status``
         is one without data, like Glance); pass a value to make the metadata lie, or None
         for a null field. ``readers``: when set, only these ``X-Auth-Token`` values may see
-        the image (others get 404, no token 401). ``properties`` are extra top-level fields.
+        the image (others get 404, no token 401). ``downloaders``: when set, only these
+        tokens may download it (Glance's ``download_image`` policy: the others get 403 on
+        ``/file``). ``properties`` are extra top-level fields.
         """
         data = bytes(data)
         image_id = image_id or str(uuid.uuid4())
@@ -426,6 +436,7 @@ class FaultyGlance:
             data=data,
             meta=meta,
             readers=frozenset(readers) if readers is not None else None,
+            downloaders=frozenset(downloaders) if downloaders is not None else None,
         )
         with self._lock:
             self._images[image_id] = image
@@ -487,11 +498,19 @@ class FaultyGlance:
 
     # ----------------------------------------------------------------- request log
 
+    def probes(self, path: str) -> int:
+        """How many download checks (``GET path`` with ``Range: bytes=0-0``) arrived."""
+        with self._lock:
+            return sum(1 for r in self.requests
+                       if r.method == "GET" and r.path == path and is_download_probe(r.range))
+
     def count(self, method: str, path: str) -> int:
-        """How many ``method path`` requests arrived (path without query)."""
+        """How many ``method path`` requests arrived (path without query), download checks
+        (:meth:`probes`) aside: a data GET is what the counts mean."""
         method = method.upper()
         with self._lock:
-            return sum(1 for r in self.requests if r.method == method and r.path == path)
+            return sum(1 for r in self.requests if r.method == method and r.path == path
+                       and not (method == "GET" and is_download_probe(r.range)))
 
     def clear_requests(self) -> None:
         with self._lock:
@@ -737,7 +756,14 @@ class FaultyGlance:
         if isinstance(found, web.Response):
             return found
         image = found
-        fault = self._take_fault(image, "file", consume=request.method == "GET")
+        if image.downloaders is not None and \
+                request.headers.get("X-Auth-Token") not in image.downloaders:
+            return _error(403, "You are not authorized to complete download_image action.", rid)
+        if is_download_probe(request.headers.get("Range")):
+            # edgecache's download check: Glance's verdict only, faults are for data GETs.
+            fault = Fault()
+        else:
+            fault = self._take_fault(image, "file", consume=request.method == "GET")
         if fault.delay:
             await asyncio.sleep(fault.delay)
         if fault.status is not None:

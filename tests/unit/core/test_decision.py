@@ -34,11 +34,11 @@ TABLE: list[tuple[str, Facts, Action]] = [
     ("a range past the end is a 416",
      Facts(GET, ranged=Ranged.UNSATISFIABLE), Action(Kind.UNSATISFIABLE_RANGE, "error")),
     ("a committed copy of these bytes is a hit",
-     Facts(GET, copy=Copy.SAME), Action(Kind.SERVE_HIT, "hit")),
+     Facts(GET, copy=Copy.SAME), Action(Kind.SERVE_HIT, "hit", asks_download=True)),
     ("a range of a committed copy is a hit",
-     Facts(GET, ranged=Ranged.SATISFIABLE, copy=Copy.SAME), Action(Kind.SERVE_HIT, "hit")),
+     Facts(GET, ranged=Ranged.SATISFIABLE, copy=Copy.SAME), Action(Kind.SERVE_HIT, "hit", asks_download=True)),
     ("HEAD of a committed copy is a hit",
-     Facts(HEAD, copy=Copy.SAME), Action(Kind.SERVE_HIT, "hit")),
+     Facts(HEAD, copy=Copy.SAME), Action(Kind.SERVE_HIT, "hit", asks_download=True)),
     ("offline, a recently granted caller gets the copy",
      Facts(GET, glance=Glance.OFFLINE_GRANT, copy=Copy.SAME), Action(Kind.SERVE_HIT, "hit")),
     ("offline, nothing cached: 503",
@@ -48,10 +48,10 @@ TABLE: list[tuple[str, Facts, Action]] = [
      Action(Kind.UNAVAILABLE, "error", evict_copy=True)),
     ("a range of an image being fetched is read from the fill",
      Facts(GET, ranged=Ranged.SATISFIABLE, fill=FillState.RUNNING),
-     Action(Kind.SERVE_RANGE_FROM_FILL, "coalesced")),
+     Action(Kind.SERVE_RANGE_FROM_FILL, "coalesced", asks_download=True)),
     ("a range of an image whose fill is verified is read from the fill",
      Facts(GET, ranged=Ranged.SATISFIABLE, fill=FillState.VERIFIED),
-     Action(Kind.SERVE_RANGE_FROM_FILL, "coalesced")),
+     Action(Kind.SERVE_RANGE_FROM_FILL, "coalesced", asks_download=True)),
     ("a range with no fill never starts one",
      Facts(GET, ranged=Ranged.SATISFIABLE), Action(Kind.PASS_THROUGH, "miss")),
     ("a range while other bytes of the image are fetched goes to Glance",
@@ -63,20 +63,20 @@ TABLE: list[tuple[str, Facts, Action]] = [
     ("an image of unknown size cannot be cached",
      Facts(GET, size_known=False), Action(Kind.PASS_THROUGH, "miss")),
     ("HEAD of an uncached image is answered from the record",
-     Facts(HEAD), Action(Kind.HEAD_MISS, "miss")),
+     Facts(HEAD), Action(Kind.HEAD_MISS, "miss", asks_download=True)),
     ("HEAD of a changed copy: answered from the record, the copy goes",
-     Facts(HEAD, copy=Copy.CHANGED), Action(Kind.HEAD_MISS, "miss", evict_copy=True)),
+     Facts(HEAD, copy=Copy.CHANGED), Action(Kind.HEAD_MISS, "miss", evict_copy=True, asks_download=True)),
     ("a running fill of these bytes is joined",
-     Facts(GET, fill=FillState.RUNNING), Action(Kind.JOIN_FILL, "coalesced")),
+     Facts(GET, fill=FillState.RUNNING), Action(Kind.JOIN_FILL, "coalesced", asks_download=True)),
     ("joining a fill that verified every byte is as good as a hit",
-     Facts(GET, fill=FillState.VERIFIED), Action(Kind.JOIN_FILL, "hit")),
+     Facts(GET, fill=FillState.VERIFIED), Action(Kind.JOIN_FILL, "hit", asks_download=True)),
     ("a fill of other bytes is neither joined nor replaced",
      Facts(GET, fill=FillState.OTHER), Action(Kind.PASS_THROUGH, "miss")),
     ("a fill that failed moments ago cools down",
      Facts(GET, cooling_down=True), Action(Kind.COOLING_DOWN, "error")),
     ("a running fill is joined even while an older failure cools down",
      Facts(GET, fill=FillState.RUNNING, cooling_down=True),
-     Action(Kind.JOIN_FILL, "coalesced")),
+     Action(Kind.JOIN_FILL, "coalesced", asks_download=True)),
     ("an image that cannot fit is passed through",
      Facts(GET, fits=False), Action(Kind.PASS_THROUGH, "miss")),
     ("otherwise a fill starts",
@@ -117,3 +117,17 @@ def test_refusals_and_errors_count_as_errors(facts: Facts) -> None:
     errors = {Kind.BAD_ID, Kind.RELAY_REFUSAL, Kind.UNAVAILABLE, Kind.COOLING_DOWN,
               Kind.BAD_RANGE, Kind.UNSATISFIABLE_RANGE}
     assert (action.result == "error") == (action.kind in errors)
+
+
+@pytest.mark.parametrize(("facts", "expected"), [(f, a) for _, f, a in TABLE],
+                         ids=[why for why, _, _ in TABLE])
+def test_nothing_leaves_the_cache_without_glances_download_verdict(
+    facts: Facts, expected: Action
+) -> None:
+    """A hit, a join, a range of a fill and a HEAD ask ``download_image`` first; a started
+    fill's own GET is the question, a pass through is Glance's answer, offline the recent
+    grant stands in."""
+    action = decide(facts)
+    serves = action.kind in (Kind.SERVE_HIT, Kind.SERVE_RANGE_FROM_FILL, Kind.HEAD_MISS,
+                             Kind.JOIN_FILL)
+    assert action.asks_download == (serves and facts.glance is Glance.GRANTED)

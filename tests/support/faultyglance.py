@@ -756,9 +756,6 @@ class FaultyGlance:
         if isinstance(found, web.Response):
             return found
         image = found
-        if image.downloaders is not None and \
-                request.headers.get("X-Auth-Token") not in image.downloaders:
-            return _error(403, "You are not authorized to complete download_image action.", rid)
         if is_download_probe(request.headers.get("Range")):
             # edgecache's download check: Glance's verdict only, faults are for data GETs.
             fault = Fault()
@@ -766,6 +763,9 @@ class FaultyGlance:
             fault = self._take_fault(image, "file", consume=request.method == "GET")
         if fault.delay:
             await asyncio.sleep(fault.delay)
+        if image.downloaders is not None and \
+                request.headers.get("X-Auth-Token") not in image.downloaders:
+            return _error(403, "You are not authorized to complete download_image action.", rid)
         if fault.status is not None:
             return _error(fault.status, "Injected fault", rid)
         status = image.meta.get("status")

@@ -63,6 +63,8 @@ def caller_roles(request: web.Request) -> frozenset[str]:
     identity = caller_identity(request)
     if identity is not None:
         return identity.roles
+    if request.app.get(VALIDATOR_KEY) is not None:
+        return frozenset()  # keystone mode: a client's own X-Roles is never believed
     header = request.headers.get("X-Roles", "")
     return frozenset(r.strip() for r in header.split(",") if r.strip())
 

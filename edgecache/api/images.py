@@ -149,6 +149,8 @@ async def image_data(
     """Answer an image-data GET or HEAD: gather the facts, decide, act, count once."""
     image_id = image_id_of(image_id) or image_id  # one form for every key
     headers = forwarded(request.headers)
+    if caller_identity(request) is not None:
+        headers.pop("x-roles", None)  # keystone mode: the token says who; a client's claim never
     headers[REQUEST_ID_HEADER] = upstream_request_id(request)
     asked = _Asked()
     facts = await _gather(request, service, image_id, headers, asked)

@@ -480,15 +480,40 @@ def _settings_from(conf: cfg.ConfigOpts) -> Settings:
 
 
 def _check_keystone_authtoken(conf: cfg.ConfigOpts) -> None:
-    """[keystone_authtoken] must name an auth plugin: it is how tokens get validated."""
+    """[keystone_authtoken] must hold a usable auth plugin: it is how tokens get validated.
+
+    Keystone mode never runs open, nor half-configured: an auth_type keystoneauth1
+    does not know, a plugin without its required options (auth_url, ...), or a
+    password plugin without a user and password stop the daemon here, by name,
+    instead of answering every caller 503 (or worse) later. Nothing is sent to
+    Keystone: the plugin is only loaded.
+    """
+    from keystoneauth1 import exceptions as ks_exceptions
+    from keystoneauth1 import loading as ks_loading
     from keystonemiddleware import auth_token
 
     for group, opts in auth_token.list_opts():
         conf.register_opts(opts, group=group)
-    if not conf.keystone_authtoken.auth_type:
+    section = conf.keystone_authtoken.auth_section or "keystone_authtoken"
+    if not conf.keystone_authtoken.auth_type and not conf.keystone_authtoken.auth_section:
         raise ConfigError(
             "auth_strategy = keystone needs [keystone_authtoken] auth_type (for example "
             "password, with auth_url, username, password, project_name, ...), as for Glance"
+        )
+    try:
+        plugin = ks_loading.load_auth_from_conf_options(conf, "keystone_authtoken")
+    except (ks_exceptions.ClientException, cfg.Error) as exc:
+        raise ConfigError(f"auth_strategy = keystone: [{section}]: {exc}") from exc
+    if plugin is None:
+        raise ConfigError(f"auth_strategy = keystone: [{section}] names no auth_type")
+    options = conf[section]
+    names = {opt.dest for opt in ks_loading.get_plugin_options(options.auth_type)}
+    if "password" in names and not (
+        options.password and (options.get("username") or options.get("user_id"))
+    ):
+        raise ConfigError(
+            f"auth_strategy = keystone: [{section}] auth_type = {options.auth_type} needs "
+            "username (or user_id) and password: without them no token can be validated"
         )
 
 

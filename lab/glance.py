@@ -130,6 +130,11 @@ class LocalGlance(UwsgiService):
     swift_auth_address: str | None = None
     swift_user: str | None = None
     swift_key: str | None = None
+    #: extra rules for ``[oslo_policy] policy_file`` (rule name -> oslo.policy check string),
+    #: written over the defaults; e.g. Glance's documented "restricted download":
+    #: ``{"download_image": "role:admin or rule:restricted",
+    #: "restricted": "not ('secret':%(x_test_key)s and role:member)"}``
+    policy_rules: Mapping[str, str] = field(default_factory=dict)
     _server: UwsgiApp | None = field(default=None, init=False, repr=False)
     _master: int | None = field(default=None, init=False, repr=False)
 
@@ -259,9 +264,9 @@ lock_path = {oslo_value(self.run_dir)}
         # Noauth requests are admin, and admins may still download deactivated
         # images; real users get 403, which is what callers of deactivate_image()
         # want to see, so the download rule refuses deactivated images.
-        policy = "".join(f'"{rule}": ""\n' for rule in opened)
-        policy += '"download_image": "not \'deactivated\':%(status)s"\n'
-        (etc / "policy.yaml").write_text(policy)
+        rules = {rule: "" for rule in opened}
+        rules["download_image"] = "not 'deactivated':%(status)s"
+        (etc / "policy.yaml").write_text(self.policy_lines(rules))
 
         if self.close_connections:
             # devstack's setup: faster cache misses, no keep-alive.
@@ -282,6 +287,12 @@ req-logger = file:{self.request_log_path}
 log-format = {_REQ_TAG} %(method) %(uri) %(status) %(size) %(msecs)
 """,
         ))
+
+    def policy_lines(self, base: Mapping[str, str] | None = None) -> str:
+        """``base`` with :attr:`policy_rules` over it, as policy.yaml (JSON strings are YAML)."""
+        rules = {**(base or {}), **self.policy_rules}
+        return "".join(f"{json.dumps(name)}: {json.dumps(rule)}\n"
+                       for name, rule in rules.items())
 
     def _db_sync(self) -> None:
         """Create the schema once per state_dir (marker written after success)."""

@@ -395,8 +395,9 @@ memcached_servers =
 service_token_roles_required = true
 """
         )
-        # Glance's own defaults, except the rule the noauth flavors open: none.
-        (self.etc_dir / "policy.yaml").write_text("{}\n")
+        # Glance's own defaults, except the rule the noauth flavors open: none (and
+        # whatever policy_rules say).
+        (self.etc_dir / "policy.yaml").write_text(self.policy_lines() or "{}\n")
 
     def request(
         self,

@@ -7,7 +7,9 @@ to an origin and the answer back, and records what passed:
 * **reverse** (``Relay(origin=glance.url)``): edgecache's ``glance_endpoints``
   points at the relay. :meth:`cut_next` makes the next image-data answers break
   off (the connection is aborted) after a given number of body bytes, as a flaky
-  WAN link would; every other answer is relayed whole.
+  WAN link would; :meth:`hold_after` makes full (200) image bodies stop after a
+  given number of bytes until :meth:`release`, so a test knows a fill is still
+  running while it does other things; every other answer is relayed whole.
 * **forward** (``Relay()``): an HTTP proxy (``[upstream] http_proxy``); the
   request line carries the absolute URL of the origin, which is where it goes.
 
@@ -67,6 +69,10 @@ class Relay:
         self.origin = origin.rstrip("/") if origin else None
         self.requests: list[RelayedRequest] = []
         self._cuts: deque[int] = deque()
+        self._hold_after: int | None = None
+        self._released = threading.Event()
+        #: set while a body is held (see hold_after)
+        self.holding = threading.Event()
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -81,6 +87,16 @@ class Relay:
         """Break off the next image-data bodies, one per value, after that many bytes."""
         with self._lock:
             self._cuts.extend(after)
+
+    def hold_after(self, count: int) -> None:
+        """Stop every full (200) image-data body after ``count`` bytes until release()."""
+        self._released.clear()
+        self._hold_after = count
+
+    def release(self) -> None:
+        """Let held bodies go on, and hold no more."""
+        self._hold_after = None
+        self._released.set()
 
     def file_requests(self, path: str | None = None) -> list[RelayedRequest]:
         """The image-data GETs relayed so far (for one image's ``path`` if given)."""
@@ -122,7 +138,17 @@ class Relay:
                 if upstream.content_length is not None:
                     response.content_length = upstream.content_length
                 await response.prepare(request)
+                hold = self._hold_after if upstream.status == 200 and cut_after is None \
+                    and _IMAGE_FILE.match(request.path) else None
                 async for chunk in upstream.content.iter_any():
+                    if hold is not None and sent + len(chunk) >= hold:
+                        await response.write(chunk[: hold - sent])
+                        chunk, sent = chunk[hold - sent:], hold
+                        self.holding.set()
+                        await asyncio.get_running_loop().run_in_executor(
+                            None, self._released.wait, 120.0)
+                        self.holding.clear()
+                        hold = None
                     if cut_after is not None and sent + len(chunk) >= cut_after:
                         await response.write(chunk[: cut_after - sent])
                         sent = cut_after

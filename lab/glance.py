@@ -69,8 +69,11 @@ _LOG_TAIL_LINES = 40
 # Prefix of our request-log lines, so that stray output in the file is never counted.
 _REQ_TAG = "EDGECACHE-REQ"
 _REQ_LINE = re.compile(
-    rf"^{_REQ_TAG} (?P<method>\S+) (?P<uri>\S+) (?P<status>\d+) (?P<size>\d+) (?P<msecs>\d+)$"
+    rf"^{_REQ_TAG} (?P<method>\S+) (?P<uri>\S+) (?P<status>\d+) (?P<size>\d+) (?P<msecs>\d+)"
+    r"(?: (?P<range>.*))?$"
 )
+#: edgecache's ``download_image`` check: a one-byte ``GET /file`` (docs/behaviour.md)
+_PROBE_RANGE = "bytes=0-0"
 
 
 def ensure_glance_venv(root: Path) -> Path:
@@ -87,6 +90,12 @@ class RequestRecord(NamedTuple):
     status: int
     size: int  # response body bytes actually sent
     msecs: int
+    range: str | None = None  # the request's Range header, if it had one
+
+    @property
+    def is_download_probe(self) -> bool:
+        """edgecache asking ``download_image`` (a one-byte GET), not reading data."""
+        return self.method == "GET" and (self.range or "").replace(" ", "") == _PROBE_RANGE
 
 
 class GlanceHTTPError(RuntimeError):
@@ -284,7 +293,7 @@ env = OS_GLANCE_CONFIG_DIR={etc}
 pidfile = {self.pidfile}
 logto = {self.uwsgi_log}
 req-logger = file:{self.request_log_path}
-log-format = {_REQ_TAG} %(method) %(uri) %(status) %(size) %(msecs)
+log-format = {_REQ_TAG} %(method) %(uri) %(status) %(size) %(msecs) %(var.HTTP_RANGE)
 """,
         ))
 
@@ -462,9 +471,11 @@ log-format = {_REQ_TAG} %(method) %(uri) %(status) %(size) %(msecs)
             if m is None:
                 continue
             uri_path, _, query = m["uri"].partition("?")
+            sent_range = (m["range"] or "").strip()
             records.append(
                 RequestRecord(
-                    m["method"], uri_path, query, int(m["status"]), int(m["size"]), int(m["msecs"])
+                    m["method"], uri_path, query, int(m["status"]), int(m["size"]), int(m["msecs"]),
+                    sent_range if sent_range not in ("", "-") else None,
                 )
             )
         return records
@@ -472,7 +483,9 @@ log-format = {_REQ_TAG} %(method) %(uri) %(status) %(size) %(msecs)
     def count_requests(
         self, method: str, path: str, *, at_least: int | None = None, timeout: float = 5.0
     ) -> int:
-        """How many ``method path`` requests (query string ignored) Glance has finished.
+        """How many ``method path`` requests (query string ignored) Glance has finished,
+        edgecache's download checks aside (:attr:`RequestRecord.is_download_probe`: they
+        read no data, and the counts mean data GETs).
 
         Because log lines appear only when a request is complete, pass ``at_least``
         to poll up to ``timeout`` seconds for that many; the count is returned
@@ -481,7 +494,8 @@ log-format = {_REQ_TAG} %(method) %(uri) %(status) %(size) %(msecs)
         method = method.upper()
 
         def count() -> int:
-            return sum(1 for r in self.request_log() if r.method == method and r.path == path)
+            return sum(1 for r in self.request_log()
+                       if r.method == method and r.path == path and not r.is_download_probe)
 
         if at_least is not None:
             with contextlib.suppress(WaitTimeout):

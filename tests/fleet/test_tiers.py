@@ -34,7 +34,8 @@ def _boot_all(edges: list[EdgecacheProcess], image: Image) -> None:
 
 def _origin_gets(glance: LocalGlance, image: Image) -> int:
     return sum(
-        1 for r in glance.request_log() if r.method == "GET" and r.path == image.file_path
+        1 for r in glance.request_log()
+        if r.method == "GET" and r.path == image.file_path and not r.is_download_probe
     )
 
 

@@ -7,7 +7,11 @@ to an origin and the answer back, and records what passed:
 * **reverse** (``Relay(origin=glance.url)``): edgecache's ``glance_endpoints``
   points at the relay. :meth:`cut_next` makes the next image-data answers break
   off (the connection is aborted) after a given number of body bytes, as a flaky
-  WAN link would; every other answer is relayed whole.
+  WAN link would; :meth:`stall_bodies` makes every image-data answer stop after a
+  given number of body bytes and then send nothing, the connection left open, as
+  a hung proxy or Glance would; :meth:`hang_files` makes it take image-data GETs
+  and never answer them at all (recorded with status 0). Every other answer is
+  relayed whole.
 * **forward** (``Relay()``): an HTTP proxy (``[upstream] http_proxy``); the
   request line carries the absolute URL of the origin, which is where it goes.
 
@@ -58,6 +62,7 @@ class RelayedRequest(NamedTuple):
     status: int
     body_bytes: int
     cut: bool
+    stalled: bool = False
 
 
 class Relay:
@@ -67,6 +72,8 @@ class Relay:
         self.origin = origin.rstrip("/") if origin else None
         self.requests: list[RelayedRequest] = []
         self._cuts: deque[int] = deque()
+        self._stall_after: int | None = None
+        self._hang_files = False
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -81,6 +88,17 @@ class Relay:
         """Break off the next image-data bodies, one per value, after that many bytes."""
         with self._lock:
             self._cuts.extend(after)
+
+    def stall_bodies(self, after: int | None) -> None:
+        """From now on every image-data body stops after ``after`` bytes and stays open,
+        silent, until the client leaves or the relay stops; None relays them whole again."""
+        with self._lock:
+            self._stall_after = after
+
+    def hang_files(self, on: bool) -> None:
+        """From now on (``on``) every image-data GET is taken and never answered."""
+        with self._lock:
+            self._hang_files = on
 
     def file_requests(self, path: str | None = None) -> list[RelayedRequest]:
         """The image-data GETs relayed so far (for one image's ``path`` if given)."""
@@ -102,15 +120,26 @@ class Relay:
             return web.Response(status=400, text="not a proxy request")
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
         cut_after: int | None = None
+        stall_after: int | None = None
+        hang = False
         if request.method == "GET" and _IMAGE_FILE.match(request.path):
             with self._lock:
                 cut_after = self._cuts.popleft() if self._cuts else None
+                stall_after = self._stall_after
+                hang = self._hang_files
         session = request.app[_SESSION]
         data = request.content if request.body_exists else None
         sent = 0
         status = 502
-        cut = False
+        cut = stalled = False
         try:
+            if hang:
+                status = 0  # no answer at all, until the client leaves or the relay stops
+                assert self._stop is not None
+                await self._stop.wait()
+                if request.transport is not None:
+                    request.transport.abort()
+                return web.Response(status=502)
             async with session.request(
                 request.method, target, headers=headers, data=data, allow_redirects=False
             ) as upstream:
@@ -123,6 +152,17 @@ class Relay:
                     response.content_length = upstream.content_length
                 await response.prepare(request)
                 async for chunk in upstream.content.iter_any():
+                    if stall_after is not None and sent + len(chunk) >= stall_after:
+                        await response.write(chunk[: stall_after - sent])
+                        sent = stall_after
+                        stalled = True
+                        # silent from here on; a client that gives up cancels this
+                        # handler (handler_cancellation), the relay's stop ends it
+                        assert self._stop is not None
+                        await self._stop.wait()
+                        if request.transport is not None:
+                            request.transport.abort()
+                        return response
                     if cut_after is not None and sent + len(chunk) >= cut_after:
                         await response.write(chunk[: cut_after - sent])
                         sent = cut_after
@@ -150,6 +190,7 @@ class Relay:
                         status,
                         sent,
                         cut,
+                        stalled,
                     )
                 )
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import weakref
 from collections.abc import Callable, Mapping
 from types import TracebackType
 
@@ -71,6 +72,10 @@ class GlanceUpstream:
         self._session: aiohttp.ClientSession | None = None
         self._down_until: dict[str, float] = {}
         self._failures: dict[str, int] = {}
+        #: the endpoint each response still in use came from (see _rest_for)
+        self._senders: weakref.WeakKeyDictionary[aiohttp.ClientResponse, str] = (
+            weakref.WeakKeyDictionary()
+        )
 
     async def __aenter__(self) -> GlanceUpstream:
         self._session = aiohttp.ClientSession(
@@ -113,9 +118,10 @@ class GlanceUpstream:
     def _rest_for(self, response: aiohttp.ClientResponse) -> Callable[[], None]:
         """What to do when this response's body breaks off: rest the endpoint that sent it,
         so the fill's resume asks another one first (a body stalled past read_timeout
-        says the endpoint is hung)."""
-        url = str(response.url)
-        endpoint = next((e for e in self.endpoints if url.startswith(e)), None)
+        says the endpoint is hung). The sender is the endpoint :meth:`request` sent it
+        to: ``response.url`` cannot name it, yarl lower-cases the host and drops a
+        default port, and one endpoint's URL may begin another's."""
+        endpoint = self._senders.get(response)
         return (lambda: self._mark_down(endpoint)) if endpoint is not None else (lambda: None)
 
     def _mark_up(self, endpoint: str) -> None:
@@ -197,6 +203,7 @@ class GlanceUpstream:
                 )
                 continue
             self._mark_up(endpoint)
+            self._senders[response] = endpoint
             return response
         assert error is not None
         raise error

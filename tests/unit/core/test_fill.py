@@ -18,7 +18,13 @@ from pathlib import Path
 import pytest
 
 from edgecache.core.fill import Fill
-from edgecache.errors import ChecksumMismatch, FillAborted, ShortBody, UpstreamError
+from edgecache.errors import (
+    CacheDiskError,
+    ChecksumMismatch,
+    FillAborted,
+    ShortBody,
+    UpstreamError,
+)
 from edgecache.model import ImageMeta
 from tests.support.clock import FakeClock, settle
 
@@ -232,7 +238,7 @@ async def test_a_failed_write_leaves_no_hole_for_readers(files: Files) -> None:
         os.pwrite(fd, data, offset)
 
     fill = files.fill(image(), write=write)
-    with pytest.raises(OSError):
+    with pytest.raises(CacheDiskError):
         await fill.pump(ListBody(pieces(DATA)))
     await settle()
     assert fill.written == 1000

@@ -14,11 +14,12 @@ that image to within ``offline_auth_ttl`` (``serve_cached_on_upstream_failure``)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -278,7 +279,7 @@ async def _perform(
 
 
 #: ``relay(offset, stop)``: the bytes of a fill whose disk failed, from upstream
-_Relay = Callable[[int, int], AsyncIterator[bytes]]
+_Relay = Callable[[int, int], AsyncGenerator[bytes, None]]
 
 
 def _relay_for(cache: ImageCache, fill: Fill, headers: Mapping[str, str]) -> _Relay:
@@ -345,16 +346,17 @@ async def _send_fill(
 
 
 async def _send_relayed(
-    response: web.StreamResponse, pieces: AsyncIterator[bytes], remaining: int,
+    response: web.StreamResponse, pieces: AsyncGenerator[bytes, None], remaining: int,
     outcome: _Outcome, on_sent: Callable[[int], None],
 ) -> None:
     """Write the relayed rest of a response; its last byte comes only once verified."""
-    async for piece in pieces:
-        remaining -= len(piece)
-        if remaining <= 0:
-            outcome.settle()  # the relay verified everything this response carries
-        await response.write(piece)
-        on_sent(len(piece))
+    async with contextlib.aclosing(pieces):  # a client that leaves ends the upstream read
+        async for piece in pieces:
+            remaining -= len(piece)
+            if remaining <= 0:
+                outcome.settle()  # the relay verified everything this response carries
+            await response.write(piece)
+            on_sent(len(piece))
 
 
 async def _send_hit(

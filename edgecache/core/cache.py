@@ -27,7 +27,7 @@ import contextlib
 import dataclasses
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from pathlib import Path
 
 from edgecache import metrics as m
@@ -109,6 +109,7 @@ class ImageCache:
         #: bytes written by fills that have ended (with those of running fills: the total)
         self._written_by_ended = 0
         self._sampling: asyncio.Task[None] | None = None
+        self._resample = False
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -235,8 +236,16 @@ class ImageCache:
         self._written_at_sample = written
 
     def _sample_disk_soon(self) -> None:
+        """Sample again in the background (once more if a sample is under way: it may
+        have read the disk before what changed it)."""
+        self._resample = True
         if self._sampling is None or self._sampling.done():
-            self._sampling = asyncio.create_task(self.sample_disk())
+            self._sampling = asyncio.create_task(self._sample_while_asked())
+
+    async def _sample_while_asked(self) -> None:
+        while self._resample:
+            self._resample = False
+            await self.sample_disk()
 
     def _written_total(self) -> int:
         return self._written_by_ended + sum(fill.written for fill in self._fills.values())
@@ -497,7 +506,7 @@ class ImageCache:
 
     def relay(
         self, fill: Fill, headers: Mapping[str, str], *, offset: int, stop: int
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """Bytes ``[offset, stop)`` of a fill whose disk failed, read from upstream with the
         reader's own ``headers``; the last one only once the image is verified
         (see :func:`edgecache.core.relay.relay`)."""

@@ -12,7 +12,7 @@ whole image has been verified, as for a fill (docs/behaviour.md#a-full-or-failin
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -32,7 +32,7 @@ async def relay(
     send_to: int,
     max_resumes: int,
     sleep: Callable[[float], Awaitable[None]],
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """Yield bytes ``[send_from, send_to)`` of the image, read from ``source``.
 
     ``hasher`` holds the hash of the image's bytes before ``hash_from`` (None:

@@ -750,7 +750,7 @@ class ImageCache:
             try:
                 self.abandon_stalled()
                 await self._flush_dirty()
-                await self.sample_disk()
+                self._sample_disk_soon()  # others write to the disk too
             except Exception:
                 LOG.exception("housekeeping pass failed")
 

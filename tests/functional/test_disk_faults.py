@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,13 +19,10 @@ from pytest_aiohttp import AiohttpClient
 from lab.units import KiB, MiB
 from tests.functional import Edge, Fetched, eventually, file_path, sha512, start_edgecache
 from tests.support.faultyglance import Fault, FaultyGlance
+from tests.support.tmpfs import fill_up, read_only, tmpfs
 
 #: The tmpfs the cache lives on.
 DISK = 8 * MiB
-
-
-def _run(*argv: str) -> None:
-    subprocess.run(argv, check=True, capture_output=True, text=True)
 
 
 @pytest.fixture
@@ -35,27 +31,8 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
     Tests ask for it before ``aiohttp_client``, so the app has stopped by then.
     """
-    assert os.geteuid() == 0, "mounting a tmpfs needs root (CI runs the suite as root)"
-    root = tmp_path / "disk"
-    root.mkdir()
-    _run("mount", "-t", "tmpfs", "-o", f"size={DISK},mode=0700", "tmpfs", str(root))
-    try:
+    with tmpfs(tmp_path / "disk", DISK) as root:
         yield root
-    finally:
-        _run("umount", "--lazy", str(root))  # sqlite may keep a descriptor a while
-
-
-def _fill_the_disk(root: Path) -> Path:
-    """Write a file until the file system is full (ENOSPC): someone else took the space."""
-    filler = root / "filler"
-    chunk = b"\0" * (64 * KiB)
-    with filler.open("wb", buffering=0) as out:
-        try:
-            while True:
-                out.write(chunk)
-        except OSError as exc:
-            assert exc.errno == errno.ENOSPC
-    return filler
 
 
 def _whole(got: Fetched, data: bytes) -> None:
@@ -90,7 +67,7 @@ async def test_a_disk_that_fills_up_mid_fill_still_gives_every_caller_the_image(
         lambda: (p := edge.cache.fill_progress(image_id)) is not None and p.bytes_done >= MiB,
         what="a quarter of the image on disk",
     )
-    filler = _fill_the_disk(small_disk)
+    filler = fill_up(small_disk)
     results = await asyncio.gather(*callers)
 
     for got in results:
@@ -184,9 +161,7 @@ async def test_a_read_only_cache_directory_passes_through_and_evicts_nothing(
     await edge.settled()
     assert edge.data_files() == {kept_id: len(kept)}
 
-    _run("mount", "--bind", str(small_disk), str(small_disk))
-    try:
-        _run("mount", "-o", "remount,bind,ro", str(small_disk))
+    with read_only(small_disk):
         results = await asyncio.gather(*(edge.fetch(file_path(new_id)) for _ in range(2)))
         for got in results:
             _whole(got, new)
@@ -197,8 +172,6 @@ async def test_a_read_only_cache_directory_passes_through_and_evicts_nothing(
         assert edge.requests("hit") == 1
         assert edge.requests("error") == 0
         _consistent(edge)
-    finally:
-        _run("umount", str(small_disk))  # the bind mount: writable again
 
 
 async def test_an_eio_mid_fill_still_gives_every_caller_the_image(

@@ -339,7 +339,7 @@ async def _send_fill(
         outcome.settle("error")
         abort(request)
         return response  # aiohttp's write_eof meets a closed transport: no clean end
-    except (ClientGone, ConnectionError):
+    except ClientGone:
         return response
     await response.write_eof()
     return response
@@ -355,7 +355,10 @@ async def _send_relayed(
             remaining -= len(piece)
             if remaining <= 0:
                 outcome.settle()  # the relay verified everything this response carries
-            await response.write(piece)
+            try:
+                await response.write(piece)
+            except ConnectionError as exc:
+                raise ClientGone(str(exc)) from exc
             on_sent(len(piece))
 
 

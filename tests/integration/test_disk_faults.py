@@ -8,6 +8,7 @@ raises (``http.client.IncompleteRead``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -82,8 +83,6 @@ def test_a_full_disk_never_fails_a_caller_of_the_daemon(
 def _partial_bytes(edge: EdgecacheProcess) -> int:
     total = 0
     for name in os.listdir(edge.incomplete_dir):
-        try:
+        with contextlib.suppress(FileNotFoundError):
             total += os.stat(edge.incomplete_dir / name).st_size
-        except FileNotFoundError:
-            pass
     return total

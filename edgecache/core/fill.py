@@ -257,9 +257,12 @@ class Fill:
         finally:
             # The threads run their queues in order, so a later pump's writes
             # and hash updates can only follow these; still, wait for them so a
-            # failed write is seen here.
-            await _settle(writes)
-            await _settle(hashes)
+            # failed write is seen here. The hashes settle even then: a reader's relay
+            # takes the hash state where the disk stopped (relay_start).
+            try:
+                await _settle(writes)
+            finally:
+                await _settle(hashes)
 
     def _write_at(self, chunk: bytes, offset: int) -> None:
         try:

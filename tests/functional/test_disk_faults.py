@@ -242,3 +242,39 @@ async def test_a_relay_of_wrong_bytes_is_cut_never_clean(
     assert len(ranges) == 2
     assert ranges[0] is None
     assert ranges[1] is not None and int(ranges[1].removeprefix("bytes=").rstrip("-")) > 0
+
+
+async def test_a_range_read_from_a_fill_whose_disk_fails_is_whole_and_verified(
+    aiohttp_client: AiohttpClient, faulty_glance: FaultyGlance, tmp_path: Path
+) -> None:
+    """A range served from a running fill (a lower tier resuming) when the disk fails at
+    1 MiB: a 206 with exactly the range's bytes, its last one after the hash matched."""
+    edge = await start_edgecache(aiohttp_client, tmp_path / "cache", (faulty_glance.url,))
+    data = os.urandom(3 * MiB)
+    image_id = faulty_glance.add_image(
+        data, fault=Fault(trickle_chunk=64 * KiB, trickle_delay=0.01)
+    )["id"]
+
+    def write(fd: int, chunk: bytes, offset: int) -> None:
+        if offset + len(chunk) > MiB:
+            raise OSError(errno.EIO, "Input/output error")
+        os.pwrite(fd, chunk, offset)
+
+    edge.cache.write = write
+    whole = asyncio.create_task(edge.fetch(file_path(image_id)))
+    await eventually(lambda: edge.cache.fill_progress(image_id) is not None, what="a fill")
+    first, last = 100, 2 * MiB + 5
+    ranged = await edge.fetch(file_path(image_id), headers={"Range": f"bytes={first}-{last}"})
+
+    assert ranged.status == 206
+    assert ranged.error is None, ranged.error
+    assert ranged.body == data[first : last + 1]
+    _whole(await whole, data)
+    await edge.settled()
+    _consistent(edge)
+    assert edge.requests("error") == 0
+    assert edge.sample("edgecache_cache_disk_errors_total", op="write") == 1
+    # the fill's GET, then the whole's and the range's own reads from the disk's stop
+    ranges = [r.range for r in faulty_glance.requests if r.path == file_path(image_id)]
+    assert len(ranges) == 3 and ranges[0] is None
+    assert ranges[1] == ranges[2] is not None

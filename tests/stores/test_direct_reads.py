@@ -14,6 +14,7 @@ from edgecache.metrics import Metrics
 from edgecache.model import ImageMeta
 from edgecache.upstream.glance import GlanceUpstream
 from edgecache.upstream.stores import DirectStoreSource, default_stores
+from edgecache.upstream.stores.allow import StoreAllowlist
 from lab.edgecache import EdgecacheProcess, metric_value
 from lab.glance import LocalGlance
 from lab.polling import wait_until
@@ -36,7 +37,10 @@ def test_a_glance_file_store_is_read_directly(
 
     with EdgecacheProcess(
         tmp_path, glance_endpoints=[glance.url], auth_cache_ttl=1,
-        options={"upstream": {"direct_stores": "true"}},
+        options={"upstream": {
+            "direct_stores": "true",
+            "direct_store_allow": (glance.data_dir / "images").as_uri() + "/",
+        }},
     ) as edge:
         status, body, whole = get(edge.url, file_path(image_id))
         assert (status, whole) == (200, True)
@@ -61,7 +65,9 @@ async def test_an_unreadable_location_falls_back_to_glance(
     )
     metrics = Metrics()
     async with GlanceUpstream((glance.url,)) as upstream:
-        source = DirectStoreSource(upstream, default_stores(upstream.session), metrics)
+        allow = StoreAllowlist([tmp_path.as_uri() + "/", "http://127.0.0.1:9/"])
+        source = DirectStoreSource(upstream, default_stores(upstream.session, allow=allow),
+                                   metrics)
         body = await source.open_image(image_id, {}, meta=meta)
         try:
             got = b"".join([chunk async for chunk in body.chunks()])
@@ -86,7 +92,8 @@ async def test_a_missing_store_object_falls_back_and_is_counted_once(
         {"url": fg.url + "/objects/gone", "metadata": {}},
     ]})["id"]
     edge = await start_edgecache(aiohttp_client, tmp_path / "cache", (fg.url,),
-                                 direct_stores=True)
+                                 direct_stores=True,
+                                 direct_store_allow=(tmp_path.as_uri() + "/", fg.url + "/objects/"))
 
     got = await edge.fetch(file_path(image_id))
 
@@ -113,7 +120,8 @@ async def test_a_store_body_that_breaks_off_resumes_from_the_store(
         {"url": fg.url + file_path(store_object), "metadata": {}},
     ]})["id"]
     edge = await start_edgecache(aiohttp_client, tmp_path / "cache", (fg.url,),
-                                 direct_stores=True)
+                                 direct_stores=True,
+                                 direct_store_allow=(fg.url + file_path(store_object),))
 
     got = await edge.fetch(file_path(image_id))
 

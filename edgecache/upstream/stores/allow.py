@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -112,6 +113,11 @@ class StoreAllowlist:
                 parsed = parse_target(entry)
             except StoreRefused as exc:
                 raise ConfigError(f"[upstream] direct_store_allow: {entry!r}: {exc}") from exc
+            written = urllib.parse.urlsplit(entry).path.split("/")
+            if any(urllib.parse.unquote(segment) in (".", "..") for segment in written):
+                # yarl would quietly normalise them into a wider prefix than written
+                raise ConfigError(f"[upstream] direct_store_allow: {entry!r}: a prefix "
+                                  "with dot segments")
             if parsed.query_string or parsed.fragment:
                 raise ConfigError(f"[upstream] direct_store_allow: {entry!r}: a prefix "
                                   "has no query or fragment")

@@ -5,9 +5,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import json
 import os
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pytest
 from pytest_aiohttp import AiohttpClient
 
 from edgecache.metrics import Metrics
@@ -21,7 +26,49 @@ from lab.polling import wait_until
 from lab.units import MiB
 from tests.fleet.conftest import get
 from tests.functional import WAIT, eventually, file_path, start_edgecache
+from tests.stores.conftest import StoreProxy
 from tests.support.faultyglance import Fault, FaultyGlance
+
+
+class RequestLog(ThreadingHTTPServer):
+    """A server a location may name: it logs every request and answers each with 404."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _LogHandler)
+        self.requests: list[tuple[str, str]] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _LogHandler(BaseHTTPRequestHandler):
+    server: RequestLog
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def handle_one_request(self) -> None:
+        self.raw_requestline = self.rfile.readline(65537)
+        if self.raw_requestline:
+            self.server.requests.append(("request", self.raw_requestline.decode("latin-1")))
+            self.close_connection = True
+            self.wfile.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+
+
+@pytest.fixture
+def request_log() -> Iterator[RequestLog]:
+    server = RequestLog()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
 
 
 def test_a_glance_file_store_is_read_directly(
@@ -49,6 +96,52 @@ def test_a_glance_file_store_is_read_directly(
         assert glance.count_requests("GET", f"/v2/images/{image_id}", at_least=1) >= 1
         assert glance.count_requests("GET", file_path(image_id), at_least=1, timeout=1) == 0
         assert metric_value(edge.url, "edgecache_upstream_errors_total", reason="store") == 0
+
+
+def test_a_location_outside_the_allowlist_is_never_contacted(
+    http_store_glance: LocalGlance, store_proxy: StoreProxy, request_log: RequestLog,
+    tmp_path: Path,
+) -> None:
+    """Issue 10 item 4: a real Glance record whose first location names a server on
+    another loopback port, outside direct_store_allow. That server hears nothing at
+    all (Glance reads its http locations through a proxy); the image comes, verified,
+    from Glance's /file, and the refusal is counted."""
+    glance = http_store_glance
+    data = os.urandom(3 * MiB + 17)
+    image = glance.create_image(data, name="elsewhere")
+    image_id = str(image["id"])
+    url = f"{request_log.url}/objects/{image_id}"
+    store_proxy.objects[url] = data
+    # the http location in, Glance's own file location out: the record names only the
+    # server, and Glance reads it from there (through the proxy)
+    patch = [{"op": "add", "path": "/locations/-", "value": {"url": url, "metadata": {}}},
+             {"op": "remove", "path": "/locations/0"}]
+    answer = glance.request(
+        "PATCH", f"/v2/images/{image_id}", json.dumps(patch).encode(),
+        {"Content-Type": "application/openstack-images-v2.1-json-patch"},
+    )
+    assert answer.status == 200, answer.body
+    record = glance.get_image(image_id)
+    assert [loc["url"] for loc in record["locations"]] == [url]
+    assert ("HEAD", url) in store_proxy.requests  # Glance checked it, through the proxy
+    elsewhere = f"http://127.0.0.1:{request_log.server_address[1] + 1}/"
+
+    with EdgecacheProcess(
+        tmp_path, glance_endpoints=[glance.url], auth_cache_ttl=1,
+        options={"upstream": {"direct_stores": "true", "direct_store_allow": elsewhere}},
+    ) as edge:
+        status, body, whole = get(edge.url, file_path(image_id))
+        assert (status, whole) == (200, True)
+        assert hashlib.sha512(body).hexdigest() == record["os_hash_value"]
+        assert request_log.requests == []
+        wait_until(lambda: (edge.data_dir / image_id).is_file(), "the commit")
+        assert (edge.data_dir / image_id).read_bytes() == data
+        assert glance.count_requests("GET", file_path(image_id), at_least=1) == 1
+        assert metric_value(edge.url, "edgecache_upstream_errors_total",
+                            reason="store_refused") == 1
+        assert metric_value(edge.url, "edgecache_upstream_errors_total", reason="store") == 0
+    assert ("GET", url) in store_proxy.requests  # Glance's /file read it
+    assert request_log.requests == []
 
 
 async def test_an_unreadable_location_falls_back_to_glance(

@@ -213,8 +213,9 @@ upstream_opts = [
         "usual chain), and swift:// / swift+http(s)://. Metadata and authorization "
         "still come from Glance; an image whose locations cannot be read, or that has "
         "no hash (os_hash_value or checksum) to verify store bytes against, is fetched "
-        "from Glance as usual. Only places under direct_store_allow are ever "
-        "contacted. Related options: direct_store_allow.",
+        "from Glance as usual; with [cache] verify = false every image is. Only places "
+        "under direct_store_allow are ever contacted. Related options: "
+        "direct_store_allow.",
     ),
     cfg.ListOpt(
         "direct_store_allow",

@@ -8,6 +8,7 @@ The keystoneauth1 session is a stand-in with the two calls SwiftStore makes
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from collections.abc import Awaitable, Callable
@@ -20,6 +21,8 @@ import pytest
 from aiohttp import web
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 
+from edgecache.clock import SYSTEM
+from edgecache.daemon.app import make_app
 from edgecache.metrics import Metrics
 from edgecache.model import ImageMeta
 from edgecache.upstream.glance import GlanceUpstream
@@ -29,7 +32,7 @@ from edgecache.upstream.stores.file import FileStore
 from edgecache.upstream.stores.http import HttpStore
 from edgecache.upstream.stores.swift import KeystoneSession, SwiftStore
 from lab.units import MiB
-from tests.functional import file_path, start_edgecache
+from tests.functional import Edge, file_path, settings, start_edgecache
 from tests.support.faultyglance import FaultyGlance
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -294,3 +297,28 @@ async def test_with_direct_stores_and_no_allowlist_a_location_is_never_contacted
     assert edge.sample("edgecache_upstream_errors_total", reason="store_refused") == 1
     await edge.settled()
     assert edge.data_bytes(image_id) == data
+
+
+async def test_without_verification_no_store_is_read(
+    aiohttp_client: AiohttpClient, aiohttp_server: AiohttpServer, faulty_glance: FaultyGlance,
+    tmp_path: Path,
+) -> None:
+    """``[cache] verify = false``: store bytes could never be checked, so Glance serves."""
+    fg = faulty_glance
+    data = os.urandom(MiB + 7)
+    store = await serve(aiohttp_server, bytes_answer(data))
+    image_id = fg.add_image(data, properties={"locations": [
+        {"url": store.url + "/img", "metadata": {}},
+    ]})["id"]
+    allowed = settings(tmp_path / "cache", (fg.url,), direct_stores=True,
+                       direct_store_allow=(store.url + "/",))
+    unverified = dataclasses.replace(
+        allowed, cache=dataclasses.replace(allowed.cache, verify=False))
+    app = make_app(unverified, clock=SYSTEM)
+    edge = Edge(client=await aiohttp_client(app), app=app, root=tmp_path / "cache", clock=None)
+
+    got = await edge.fetch(file_path(image_id))
+
+    assert (got.status, got.error, got.body) == (200, None, data)
+    assert store.requests == []
+    assert fg.count("GET", file_path(image_id)) == 1

@@ -102,10 +102,10 @@ def test_a_location_outside_the_allowlist_is_never_contacted(
     http_store_glance: LocalGlance, store_proxy: StoreProxy, request_log: RequestLog,
     tmp_path: Path,
 ) -> None:
-    """Issue 10 item 4: a real Glance record whose first location names a server on
-    another loopback port, outside direct_store_allow. That server hears nothing at
-    all (Glance reads its http locations through a proxy); the image comes, verified,
-    from Glance's /file, and the refusal is counted."""
+    """A real Glance record whose location names a server on another loopback port,
+    outside direct_store_allow (docs/behaviour.md#direct-store-reads). That server
+    hears nothing at all (Glance reads its http locations through a proxy); the image
+    comes, verified, from Glance's /file, and the refusal is counted."""
     glance = http_store_glance
     data = os.urandom(3 * MiB + 17)
     image = glance.create_image(data, name="elsewhere")

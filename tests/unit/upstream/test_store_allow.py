@@ -1,4 +1,6 @@
-"""``[upstream] direct_store_allow``: which URLs a direct store read may open (issue 10 item 4).
+"""``[upstream] direct_store_allow``: which URLs a direct store read may open.
+
+docs/behaviour.md#direct-store-reads.
 
 Prefixes are compared on parsed URLs: scheme, host, port with default ports made
 explicit, the path at a segment boundary; user information, encoded separators

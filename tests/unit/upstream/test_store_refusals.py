@@ -1,4 +1,4 @@
-"""Store locations edgecache must not contact (issue 10 item 4).
+"""Store locations edgecache must not contact (docs/behaviour.md#direct-store-reads).
 
 Small aiohttp servers on 127.0.0.1 stand in for stores; each records every
 request it receives, so "not contacted" is asserted as an empty request log.

@@ -109,17 +109,18 @@ class StoreAllowlist:
         self._prefixes: list[_Prefix] = []
         self.entries: tuple[str, ...] = tuple(p.strip() for p in prefixes if p.strip())
         for entry in self.entries:
+            shown = redact(entry)  # a prefix written with a password must not be echoed
             try:
                 parsed = parse_target(entry)
             except StoreRefused as exc:
-                raise ConfigError(f"[upstream] direct_store_allow: {entry!r}: {exc}") from exc
+                raise ConfigError(f"[upstream] direct_store_allow: {shown!r}: {exc}") from exc
             written = urllib.parse.urlsplit(entry).path.split("/")
             if any(urllib.parse.unquote(segment) in (".", "..") for segment in written):
                 # yarl would quietly normalise them into a wider prefix than written
-                raise ConfigError(f"[upstream] direct_store_allow: {entry!r}: a prefix "
+                raise ConfigError(f"[upstream] direct_store_allow: {shown!r}: a prefix "
                                   "with dot segments")
             if parsed.query_string or parsed.fragment:
-                raise ConfigError(f"[upstream] direct_store_allow: {entry!r}: a prefix "
+                raise ConfigError(f"[upstream] direct_store_allow: {shown!r}: a prefix "
                                   "has no query or fragment")
             path = parsed.path or "/"
             if parsed.scheme == "file":

@@ -17,8 +17,9 @@ object as ``SCHEME://SERVICE/BUCKET/KEY``.
 Where requests go (docs/behaviour.md#direct-store-reads): an object is read
 only when its path-style URL ``http(s)://SERVICE/BUCKET/KEY`` is under
 ``[upstream] direct_store_allow``, and every request botocore sends for it is
-checked again just before it leaves (``before-send``), so a region redirect
-cannot carry a signed request elsewhere.
+checked again just before it leaves (``before-send``): whatever botocore itself
+decides to do (retry elsewhere after a region redirect, say), no signed request
+leaves for a place outside the allowlist.
 """
 
 from __future__ import annotations

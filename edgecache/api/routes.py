@@ -44,6 +44,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 async def dispatch(request: web.Request) -> web.StreamResponse:
     """The single route: edgecache's own paths, image data, or passthrough."""
     service = request.app[SERVICE_KEY]
+    if "#" in request.raw_path:
+        # RFC 9112 §3.2: a request target has no fragment; yarl would drop it and
+        # a different path would reach Glance than the one the client sent.
+        return error_response(400, "A request target cannot carry a fragment.")
     raw_path, query = _target(request)
     segments = unquote(raw_path).split("/")
     if any(segment in (".", "..") for segment in segments):

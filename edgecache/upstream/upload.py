@@ -50,6 +50,9 @@ class RelayedBody(StreamReaderPayload):
             or raw is None
             or transport.get_extra_info("sslcontext") is not None
             or not isinstance(writer, StreamWriter)
+            # aiohttp internals this relies on; without them, the usual way
+            or not hasattr(writer, "send_headers")
+            or not hasattr(writer.protocol, "closed")
         ):
             await super().write_with_length(writer, content_length)
             return

@@ -13,10 +13,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import weakref
 from collections.abc import Callable, Mapping
 from types import TracebackType
 
 import aiohttp
+from yarl import URL
 
 from edgecache.backoff import Backoff
 from edgecache.clock import SYSTEM, Clock
@@ -72,18 +74,31 @@ class GlanceUpstream:
         )
         self._clock = clock
         self._session: aiohttp.ClientSession | None = None
+        self._uploads: aiohttp.ClientSession | None = None
         self._down_until: dict[str, float] = {}
         self._failures: dict[str, int] = {}
+        #: the endpoint each response still in use came from (see _rest_for)
+        self._senders: weakref.WeakKeyDictionary[aiohttp.ClientResponse, str] = (
+            weakref.WeakKeyDictionary()
+        )
 
     async def __aenter__(self) -> GlanceUpstream:
-        self._session = aiohttp.ClientSession(
+        self._session = self._new_session(force_close=False)
+        # Requests with a body never share a connection, neither before nor
+        # after: Glance may answer one (a refused upload) without reading its
+        # body and then drop the connection, so a pooled connection could be
+        # stale, and a body that cannot be replayed would fail on it.
+        self._uploads = self._new_session(force_close=True)
+        return self
+
+    def _new_session(self, *, force_close: bool) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
             timeout=self._timeout,
             auto_decompress=False,
             read_bufsize=_READ_BUFSIZE,
-            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, force_close=force_close),
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
         )
-        return self
 
     async def __aexit__(
         self,
@@ -94,6 +109,9 @@ class GlanceUpstream:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._uploads is not None:
+            await self._uploads.close()
+            self._uploads = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -116,9 +134,10 @@ class GlanceUpstream:
     def _rest_for(self, response: aiohttp.ClientResponse) -> Callable[[], None]:
         """What to do when this response's body breaks off: rest the endpoint that sent it,
         so the fill's resume asks another one first (a body stalled past read_timeout
-        says the endpoint is hung)."""
-        url = str(response.url)
-        endpoint = next((e for e in self.endpoints if url.startswith(e)), None)
+        says the endpoint is hung). The sender is the endpoint :meth:`request` sent it
+        to: ``response.url`` cannot name it, yarl lower-cases the host and drops a
+        default port, and one endpoint's URL may begin another's."""
+        endpoint = self._senders.get(response)
         return (lambda: self._mark_down(endpoint)) if endpoint is not None else (lambda: None)
 
     def _mark_up(self, endpoint: str) -> None:
@@ -147,12 +166,16 @@ class GlanceUpstream:
         """
         error: UpstreamError | None = None
         candidates = self.candidates()
+        session = self.session if data is None or self._uploads is None else self._uploads
         for endpoint in candidates:
+            # encoded=True: the path and query go out byte for byte as given
+            # (yarl would otherwise decode %3F in a query to "?").
+            url = URL(endpoint + path_qs, encoded=True)
             try:
                 try:
-                    response = await self.session.request(
+                    response = await session.request(
                         method,
-                        endpoint + path_qs,
+                        url,
                         headers=dict(headers),
                         data=data,
                         allow_redirects=False,
@@ -161,9 +184,9 @@ class GlanceUpstream:
                 except aiohttp.ClientProxyConnectionError as exc:
                     LOG.warning("proxy %s unreachable (%s); asking %s directly",
                                 proxy, exc, endpoint)
-                    response = await self.session.request(
+                    response = await session.request(
                         method,
-                        endpoint + path_qs,
+                        url,
                         headers=dict(headers),
                         data=data,
                         allow_redirects=False,
@@ -200,6 +223,7 @@ class GlanceUpstream:
                 )
                 continue
             self._mark_up(endpoint)
+            self._senders[response] = endpoint
             return response
         assert error is not None
         raise error

@@ -7,9 +7,13 @@ to an origin and the answer back, and records what passed:
 * **reverse** (``Relay(origin=glance.url)``): edgecache's ``glance_endpoints``
   points at the relay. :meth:`cut_next` makes the next image-data answers break
   off (the connection is aborted) after a given number of body bytes, as a flaky
-  WAN link would; :meth:`hold_after` makes full (200) image bodies stop after a
-  given number of bytes until :meth:`release`, so a test knows a fill is still
-  running while it does other things; every other answer is relayed whole.
+  WAN link would; :meth:`stall_bodies` makes every image-data answer stop after a
+  given number of body bytes and then send nothing, the connection left open, as
+  a hung proxy or Glance would; :meth:`hang_files` makes it take image-data GETs
+  and never answer them at all (recorded with status 0); :meth:`hold_after` makes
+  full (200) image bodies stop after a given number of bytes until :meth:`release`,
+  so a test knows a fill is still running while it does other things. Every
+  other answer is relayed whole.
 * **forward** (``Relay()``): an HTTP proxy (``[upstream] http_proxy``); the
   request line carries the absolute URL of the origin, which is where it goes.
 
@@ -60,6 +64,7 @@ class RelayedRequest(NamedTuple):
     status: int
     body_bytes: int
     cut: bool
+    stalled: bool = False
 
 
 class Relay:
@@ -69,6 +74,8 @@ class Relay:
         self.origin = origin.rstrip("/") if origin else None
         self.requests: list[RelayedRequest] = []
         self._cuts: deque[int] = deque()
+        self._stall_after: int | None = None
+        self._hang_files = False
         self._hold_after: int | None = None
         self._released = threading.Event()
         #: set while a body is held (see hold_after)
@@ -88,6 +95,12 @@ class Relay:
         with self._lock:
             self._cuts.extend(after)
 
+    def stall_bodies(self, after: int | None) -> None:
+        """From now on every image-data body stops after ``after`` bytes and stays open,
+        silent, until the client leaves or the relay stops; None relays them whole again."""
+        with self._lock:
+            self._stall_after = after
+
     def hold_after(self, count: int) -> None:
         """Stop every full (200) image-data body after ``count`` bytes until release()."""
         self._released.clear()
@@ -97,6 +110,11 @@ class Relay:
         """Let held bodies go on, and hold no more."""
         self._hold_after = None
         self._released.set()
+
+    def hang_files(self, on: bool) -> None:
+        """From now on (``on``) every image-data GET is taken and never answered."""
+        with self._lock:
+            self._hang_files = on
 
     def file_requests(self, path: str | None = None) -> list[RelayedRequest]:
         """The image-data GETs relayed so far (for one image's ``path`` if given)."""
@@ -118,15 +136,26 @@ class Relay:
             return web.Response(status=400, text="not a proxy request")
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
         cut_after: int | None = None
+        stall_after: int | None = None
+        hang = False
         if request.method == "GET" and _IMAGE_FILE.match(request.path):
             with self._lock:
                 cut_after = self._cuts.popleft() if self._cuts else None
+                stall_after = self._stall_after
+                hang = self._hang_files
         session = request.app[_SESSION]
         data = request.content if request.body_exists else None
         sent = 0
         status = 502
-        cut = False
+        cut = stalled = False
         try:
+            if hang:
+                status = 0  # no answer at all, until the client leaves or the relay stops
+                assert self._stop is not None
+                await self._stop.wait()
+                if request.transport is not None:
+                    request.transport.abort()
+                return web.Response(status=502)
             async with session.request(
                 request.method, target, headers=headers, data=data, allow_redirects=False
             ) as upstream:
@@ -149,6 +178,17 @@ class Relay:
                             None, self._released.wait, 120.0)
                         self.holding.clear()
                         hold = None
+                    if stall_after is not None and sent + len(chunk) >= stall_after:
+                        await response.write(chunk[: stall_after - sent])
+                        sent = stall_after
+                        stalled = True
+                        # silent from here on; a client that gives up cancels this
+                        # handler (handler_cancellation), the relay's stop ends it
+                        assert self._stop is not None
+                        await self._stop.wait()
+                        if request.transport is not None:
+                            request.transport.abort()
+                        return response
                     if cut_after is not None and sent + len(chunk) >= cut_after:
                         await response.write(chunk[: cut_after - sent])
                         sent = cut_after
@@ -176,6 +216,7 @@ class Relay:
                         status,
                         sent,
                         cut,
+                        stalled,
                     )
                 )
 

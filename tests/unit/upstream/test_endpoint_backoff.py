@@ -4,6 +4,7 @@ for Glance endpoints."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -11,6 +12,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from edgecache.errors import UpstreamError
 from edgecache.upstream.glance import GlanceUpstream
 from lab.ports import free_port
 from tests.support.clock import FakeClock
@@ -122,3 +124,35 @@ async def test_the_last_endpoints_answer_is_returned_even_while_resting(
         async with response:
             assert response.status == 503
         assert upstream.candidates() == [second.url, first.url]
+
+
+@pytest.mark.parametrize("spelling", ["127.0.0.1", "LOCALHOST"])
+async def test_a_body_that_stalls_rests_the_endpoint_that_sent_it(
+    endpoints: tuple[Endpoint, Endpoint], spelling: str
+) -> None:
+    """A body silent for read_timeout rests its sender, whichever way the operator wrote
+    that endpoint (yarl lower-cases the host of the response's URL)."""
+    _, live = endpoints
+    sent = asyncio.Event()
+
+    async def stall(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Length": "8"})
+        await response.prepare(request)
+        await response.write(b"half")
+        sent.set()
+        await asyncio.Event().wait()  # silent, open, until the client leaves
+        return response
+
+    app = web.Application()
+    app.router.add_get("/v2/images/{image_id}/file", stall)
+    async with TestServer(app, host="127.0.0.1") as server:
+        stalling = f"http://{spelling}:{server.port}"
+        async with GlanceUpstream((stalling, live.url), read_timeout=0.2,
+                                  clock=FakeClock()) as upstream:
+            body = await upstream.open_image("img-1", {})
+            with pytest.raises(UpstreamError, match="broke off"):
+                async for _ in body.chunks():
+                    pass
+            body.close()
+            assert sent.is_set()
+            assert upstream.candidates() == [live.url, stalling]

@@ -31,8 +31,11 @@ LOG = logging.getLogger(__name__)
 #: Headers of the caller that Glance needs to see on calls made on its behalf.
 FORWARDED_HEADERS = ("x-auth-token", "x-service-token", "x-openstack-request-id", "x-roles")
 
-#: Answers to the ``bytes=0-0`` download probe that mean "Glance's policy let it through".
-_DOWNLOAD_ALLOWED = frozenset({200, 204, 206, 416})
+#: Answers to the ``bytes=0-0`` download probe that are Glance's "no": its policy check
+#: (403), authentication (401) and visibility (404) come before anything about the data,
+#: so every other verdict (206, 200, 204, 416, a 400 from a store that cannot seek, ...)
+#: means ``download_image`` let the call through (glance/api/v2/image_data.py download).
+_DOWNLOAD_REFUSED = frozenset({401, 403, 404})
 #: Upstream statuses relayed to the caller verbatim: Glance's own verdicts.
 _RELAYED_STATUSES = frozenset({204, 400, 401, 403, 404, 405, 409, 410, 413, 415, 416, 431})
 
@@ -249,18 +252,21 @@ class GlanceUpstream:
         """Glance's ``download_image`` verdict for this caller: returns, or raises its refusal.
 
         ``GET /v2/images/{id}/file`` with ``Range: bytes=0-0``, straight to Glance
-        (never through ``http_proxy``: the verdict is Glance's). Allowed: a 206 (the
-        first byte), a 200 (a Glance that ignores Range), a 204 (no data yet) and a
-        416 (a 0-byte image has no byte 0) — each means the policy let the call
-        through. The body is not read, except a one-byte 206 or an empty answer,
-        whose connection can then go back to the pool.
+        (never through ``http_proxy``: the verdict is Glance's). Refused: 401, 403,
+        404, relayed as Glance sent them. No verdict: 500/502/503/504 (UpstreamError).
+        Anything else means the policy let the call through: a 206 (the first byte),
+        a 200 (a Glance that ignores Range), a 204 (no data yet), a 416 (a 0-byte
+        image has no byte 0), a 400 (a store that cannot read ranges). The body is
+        not read, except an answer of at most one byte, whose connection can then
+        go back to the pool.
         """
         response = await self.request(
             "GET", f"/v2/images/{image_id}/file", headers={**headers, "Range": "bytes=0-0"}
         )
-        if response.status in _DOWNLOAD_ALLOWED:
+        status = response.status
+        if 200 <= status < 300 or (400 <= status < 500 and status not in _DOWNLOAD_REFUSED):
             length = response.content_length
-            if response.status != 200 and length is not None and length <= 1:
+            if length is not None and length <= 1:
                 # The verdict is in the status line; a failed read just drops the connection.
                 with contextlib.suppress(TimeoutError, aiohttp.ClientError):
                     await response.read()

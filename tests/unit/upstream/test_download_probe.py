@@ -1,8 +1,9 @@
 """GlanceUpstream.may_download: what Glance's answer to a one-byte ``/file`` GET means.
 
-206, 200 (a Glance that ignores Range), 204 (no data) and 416 (a 0-byte image has no
-byte 0) all mean the ``download_image`` policy let the call through; 401/403 are
-Glance's refusal, relayed with its body; a 200 of a big image is not read.
+206, 200 (a Glance that ignores Range), 204 (no data), 416 (a 0-byte image has no
+byte 0) and 400 (a store that cannot seek) all mean the ``download_image`` policy let
+the call through; 401/403/404 are Glance's refusal, relayed with its body; a 200 of a
+big image is not read.
 """
 
 from __future__ import annotations
@@ -44,7 +45,16 @@ async def test_a_glance_ignoring_range_is_allowed_and_its_body_left_unread(
         await glance.may_download(image_id, {})
 
 
-@pytest.mark.parametrize("status", [401, 403])
+async def test_a_store_that_cannot_read_ranges_is_allowed(faulty_glance: FaultyGlance) -> None:
+    """Glance answers 400 for a Range its store cannot serve: the policy check came first."""
+    image_id = faulty_glance.add_image(b"x")["id"]
+    faulty_glance.stub("GET", f"/v2/images/{image_id}/file", status=400,
+                       json_body={"error": {"message": "Range not supported"}})
+    async with GlanceUpstream((faulty_glance.url,)) as glance:
+        await glance.may_download(image_id, {})
+
+
+@pytest.mark.parametrize("status", [401, 403, 404])
 async def test_a_refusal_is_glances_own(faulty_glance: FaultyGlance, status: int) -> None:
     image_id = faulty_glance.add_image(b"x")["id"]
     faulty_glance.stub("GET", f"/v2/images/{image_id}/file", status=status,

@@ -52,6 +52,8 @@ _HOP_BY_HOP = frozenset(
     }
 )
 _IMAGE_FILE = re.compile(r"^/v2/images/[^/]+/file$")
+#: edgecache's ``download_image`` check: a one-byte GET (docs/behaviour.md#authorization)
+_PROBE_RANGE = "bytes=0-0"
 
 
 class RelayedRequest(NamedTuple):
@@ -117,7 +119,15 @@ class Relay:
             self._hang_files = on
 
     def file_requests(self, path: str | None = None) -> list[RelayedRequest]:
-        """The image-data GETs relayed so far (for one image's ``path`` if given)."""
+        """The image-data GETs relayed so far (for one image's ``path`` if given), edgecache's
+        download checks (:meth:`probes`) aside: they carry no data."""
+        return [r for r in self._file_gets(path) if r.range != _PROBE_RANGE]
+
+    def probes(self, path: str | None = None) -> list[RelayedRequest]:
+        """edgecache's ``download_image`` checks relayed so far (one-byte GETs)."""
+        return [r for r in self._file_gets(path) if r.range == _PROBE_RANGE]
+
+    def _file_gets(self, path: str | None) -> list[RelayedRequest]:
         with self._lock:
             return [
                 r
@@ -138,7 +148,9 @@ class Relay:
         cut_after: int | None = None
         stall_after: int | None = None
         hang = False
-        if request.method == "GET" and _IMAGE_FILE.match(request.path):
+        probe = (request.headers.get("Range") or "").replace(" ", "") == _PROBE_RANGE
+        if request.method == "GET" and _IMAGE_FILE.match(request.path) and not probe:
+            # (edgecache's one-byte download checks are relayed as they are: no data)
             with self._lock:
                 cut_after = self._cuts.popleft() if self._cuts else None
                 stall_after = self._stall_after

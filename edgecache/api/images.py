@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
 import time
 from dataclasses import dataclass
 
@@ -139,7 +138,7 @@ async def image_data(
     action = decide(facts)
     hit: Hit | None = None
     if action.kind is Kind.SERVE_HIT and asked.meta is not None:
-        hit = service.cache.open_hit(asked.meta)
+        hit = await service.cache.open_hit(asked.meta)
         if hit is None:  # the file vanished under us: decide as if nothing were cached
             action = decide(dataclasses.replace(facts, copy=Copy.ABSENT))
     outcome = _Outcome(request, service.metrics, action.result)
@@ -252,10 +251,10 @@ async def _perform(
             return await _pass_through(request, service, path_qs, outcome)
         # A range of an image being fetched (typically a lower tier resuming a
         # broken body) is read from that fill, so upstream sees no second GET.
-        return await _send_fill(request, meta, fill, asked.byte_range, service.metrics, outcome)
+        return await _send_fill(request, meta, fill, asked.byte_range, service, outcome)
     # JOIN_FILL, START_FILL, COOLING_DOWN: the cache has the last word, now.
     try:
-        joined = service.cache.fill_for(meta, headers)
+        joined = await service.cache.fill_for(meta, headers)
     except FillCoolingDown as exc:
         outcome.settle("error")
         return answer_for(exc)
@@ -265,22 +264,32 @@ async def _perform(
     outcome.result = "miss" if started_now else "hit" if fill.verified else "coalesced"
     LOG.debug("image %s: %s, %s its fill", meta.id, outcome.result,
               "started" if started_now else "joined")
-    return await _send_fill(request, meta, fill, None, service.metrics, outcome)
+    return await _send_fill(request, meta, fill, None, service, outcome)
 
 
 async def _send_fill(
     request: web.Request, meta: ImageMeta, fill: Fill, byte_range: ByteRange | None,
-    metrics: Metrics, outcome: _Outcome,
+    service: ImageService, outcome: _Outcome,
 ) -> web.StreamResponse:
     """Stream the image (or ``byte_range`` of it) from a fill, as its bytes arrive."""
     try:
         await fill.wait_started()
+        fd = await fill.open_reader()  # this reader's own file offset
     except (UpstreamRefused, UpstreamError, FillAborted) as exc:
         outcome.settle("error")
         if not isinstance(exc, UpstreamRefused):
             LOG.warning("image %s: fill could not start: %s", meta.id, exc)
         return answer_for(exc)
+    try:
+        return await _stream_fill(request, meta, fill, byte_range, fd, service.metrics, outcome)
+    finally:
+        await service.cache.close_fd(fd)
 
+
+async def _stream_fill(
+    request: web.Request, meta: ImageMeta, fill: Fill, byte_range: ByteRange | None, fd: int,
+    metrics: Metrics, outcome: _Outcome,
+) -> web.StreamResponse:
     response = image_response(meta, byte_range)
     await response.prepare(request)
     start, stop = (byte_range.start, byte_range.stop) if byte_range else (0, fill.size)
@@ -291,7 +300,6 @@ async def _send_fill(
             outcome.settle()  # everything this response carries is readable: it counts now
         return end
 
-    fd = fill.open_reader()
     result = outcome.result
     try:
         await send_fd(
@@ -308,8 +316,6 @@ async def _send_fill(
         return response  # aiohttp's write_eof meets a closed transport: no clean end
     except ClientGone:
         return response
-    finally:
-        os.close(fd)
     await response.write_eof()
     return response
 
@@ -343,7 +349,7 @@ async def _send_hit(
         await response.write_eof()
         return response
     finally:
-        os.close(fd)
+        await cache.close_fd(fd)
 
 
 def image_response(meta: ImageMeta, byte_range: ByteRange | None) -> web.StreamResponse:

@@ -362,7 +362,7 @@ async def test_a_reader_going_away_does_not_strand_the_others(files: Files) -> N
 async def test_open_reader_is_a_private_descriptor_of_the_partial(files: Files) -> None:
     fill = files.fill(image())
     await fill.pump(ListBody([DATA]))
-    fd = fill.open_reader()
+    fd = await fill.open_reader()
     try:
         assert fd != fill.fd
         assert os.pread(fd, 10, 0) == DATA[:10]

@@ -162,6 +162,24 @@ async def test_concurrent_fill_requests_share_one_fill(setup: Setup) -> None:
     assert setup.cache.usage().reserved == 0
 
 
+async def test_callers_arriving_while_the_partial_is_created_join_its_fill(
+    setup: Setup,
+) -> None:
+    """The partial file is created in a thread; the loop serves others meanwhile."""
+    data = os.urandom(8 * KiB)
+    setup.source.images["a"] = data
+    setup.source.hold = asyncio.Event()
+    meta = record("a", data)
+
+    joined = await asyncio.gather(*(setup.cache.fill_for(meta, {}) for _ in range(5)))
+    fills = {id(j[0]) for j in joined if j is not None}
+    assert len(fills) == 1
+    assert sorted(j[1] for j in joined if j is not None) == [False] * 4 + [True]
+    assert len(list((setup.cache.directory / "incomplete").iterdir())) == 1
+    setup.source.hold.set()
+    assert joined[0] is not None and await setup.cache.wait_fill(joined[0][0])
+
+
 async def test_a_changed_record_is_never_served_from_the_old_copy(setup: Setup) -> None:
     meta = await fetched(setup, "a", os.urandom(4 * KiB))
     changed = replace(meta, os_hash_value="0" * 128)

@@ -539,6 +539,8 @@ class ImageCache:
         mid-rename), and what it committed is evicted; otherwise the image would
         come back after the operator removed it. False if there was nothing.
         """
+        while (starting := self._starting.get(image_id)) is not None:
+            await asyncio.shield(starting)  # a fill whose partial is being created: stop it too
         fill = self._fills.get(image_id)
         if fill is not None:
             if not fill.verified:

@@ -1,5 +1,5 @@
 """The event loop never waits on the disk, and readers of one fill never share a file offset
-(issue 10 item 12, docs/behaviour.md#hits).
+(docs/behaviour.md#single-flight, docs/behaviour.md#measuring).
 
 The faults are the kernel's, injected at the ``os`` calls: a ``close`` or ``open``
 of a cache file that takes as long as the last close of a multi-GiB unlinked file

@@ -180,6 +180,22 @@ async def test_callers_arriving_while_the_partial_is_created_join_its_fill(
     assert joined[0] is not None and await setup.cache.wait_fill(joined[0][0])
 
 
+async def test_a_purge_while_the_partial_is_created_stops_that_fill(setup: Setup) -> None:
+    """Else the image would be committed after the operator removed it."""
+    data = os.urandom(8 * KiB)
+    setup.source.images["a"] = data
+    meta = record("a", data)
+
+    starting = asyncio.create_task(setup.cache.fill_for(meta, {}))
+    await asyncio.sleep(0)  # it has asked a disk thread for the partial
+    assert await setup.cache.purge("a")
+    joined = await starting
+    assert joined is not None
+    assert not await setup.cache.wait_fill(joined[0])
+    assert not setup.cache.holds("a")
+    assert setup.cache.usage().reserved == 0
+
+
 async def test_a_changed_record_is_never_served_from_the_old_copy(setup: Setup) -> None:
     meta = await fetched(setup, "a", os.urandom(4 * KiB))
     changed = replace(meta, os_hash_value="0" * 128)

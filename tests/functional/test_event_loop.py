@@ -105,8 +105,8 @@ async def test_slow_opens_and_closes_of_cache_files_never_block_the_loop(
     slow_cache_files: list[str],
 ) -> None:
     """A miss (partial created, reader opened and closed, commit), a hit (opened, fstat,
-    closed), a failed fill (its partial and readers' files closed) and an eviction:
-    the loop stays on time while each slow call runs."""
+    closed), a failed fill (its partial and readers' files closed), a scrub and an
+    eviction: the loop stays on time while each slow call runs."""
     edge: Edge = await start_edgecache(aiohttp_client, tmp_path / "cache", (faulty_glance.url,))
     data = os.urandom(2 * MiB)
     good = faulty_glance.add_image(data)
@@ -118,12 +118,14 @@ async def test_slow_opens_and_closes_of_cache_files_never_block_the_loop(
         hit = await edge.fetch(file_path(good["id"]), within=WAIT + 10 * SLOW)
         failed = await edge.fetch(file_path(bad["id"]), within=WAIT + 10 * SLOW)
         await edge.settled(within=WAIT + 10 * SLOW)
+        verdict = await edge.app[CACHE_ADMIN_KEY].scrubber.verify(good["id"])
         assert await edge.cache.evict(good["id"])
 
     assert miss.status == 200 and miss.error is None and miss.body == data
     assert hit.status == 200 and hit.error is None and hit.body == data
     assert edge.requests("hit") == 1
     assert failed.broken
+    assert verdict is not None and verdict.result == "ok"
     assert slow_cache_files, "no slow call ran: the test injected nothing"
     assert beat.worst < LAG_BOUND, f"the loop was blocked for {beat.worst:.2f} s"
     assert "MainThread" not in slow_cache_files  # the loop's thread made none of them

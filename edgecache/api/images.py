@@ -251,7 +251,8 @@ async def _perform(
             return await _pass_through(request, service, path_qs, outcome)
         # A range of an image being fetched (typically a lower tier resuming a
         # broken body) is read from that fill, so upstream sees no second GET.
-        return await _send_fill(request, meta, fill, asked.byte_range, service, outcome)
+        return await _send_fill(request, meta, fill, asked.byte_range, service.metrics, outcome,
+                                cache=service.cache)
     # JOIN_FILL, START_FILL, COOLING_DOWN: the cache has the last word, now.
     try:
         joined = await service.cache.fill_for(meta, headers)
@@ -264,32 +265,23 @@ async def _perform(
     outcome.result = "miss" if started_now else "hit" if fill.verified else "coalesced"
     LOG.debug("image %s: %s, %s its fill", meta.id, outcome.result,
               "started" if started_now else "joined")
-    return await _send_fill(request, meta, fill, None, service, outcome)
+    return await _send_fill(request, meta, fill, None, service.metrics, outcome,
+                            cache=service.cache)
 
 
 async def _send_fill(
     request: web.Request, meta: ImageMeta, fill: Fill, byte_range: ByteRange | None,
-    service: ImageService, outcome: _Outcome,
+    metrics: Metrics, outcome: _Outcome, *, cache: ImageCache,
 ) -> web.StreamResponse:
     """Stream the image (or ``byte_range`` of it) from a fill, as its bytes arrive."""
     try:
         await fill.wait_started()
-        fd = await fill.open_reader()  # this reader's own file offset
     except (UpstreamRefused, UpstreamError, FillAborted) as exc:
         outcome.settle("error")
         if not isinstance(exc, UpstreamRefused):
             LOG.warning("image %s: fill could not start: %s", meta.id, exc)
         return answer_for(exc)
-    try:
-        return await _stream_fill(request, meta, fill, byte_range, fd, service.metrics, outcome)
-    finally:
-        await service.cache.close_fd(fd)
 
-
-async def _stream_fill(
-    request: web.Request, meta: ImageMeta, fill: Fill, byte_range: ByteRange | None, fd: int,
-    metrics: Metrics, outcome: _Outcome,
-) -> web.StreamResponse:
     response = image_response(meta, byte_range)
     await response.prepare(request)
     start, stop = (byte_range.start, byte_range.stop) if byte_range else (0, fill.size)
@@ -300,8 +292,10 @@ async def _stream_fill(
             outcome.settle()  # everything this response carries is readable: it counts now
         return end
 
+    fd: int | None = None
     result = outcome.result
     try:
+        fd = await fill.open_reader()  # this reader's own file offset
         await send_fd(
             request, fd, start, stop,
             readable=readable,
@@ -316,6 +310,9 @@ async def _stream_fill(
         return response  # aiohttp's write_eof meets a closed transport: no clean end
     except ClientGone:
         return response
+    finally:
+        if fd is not None:
+            await cache.close_fd(fd)
     await response.write_eof()
     return response
 

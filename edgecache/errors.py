@@ -50,6 +50,14 @@ class ShortBody(FillAborted):
     """Upstream sent fewer (or more) bytes than the image's size."""
 
 
+class CacheDiskError(FillAborted):
+    """The cache's own disk refused a fill's write (ENOSPC, EIO): not upstream's fault.
+
+    The bytes before the failed write are on disk; readers of the fill relay the
+    rest from upstream (docs/behaviour.md#a-full-or-failing-disk), nothing is committed.
+    """
+
+
 class FillStalled(FillAborted):
     """A fill made no progress for ``[cache] stall_time`` seconds."""
 

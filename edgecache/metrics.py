@@ -17,6 +17,10 @@ LATENCY_BUCKETS = (
 REQUEST_RESULTS = ("hit", "miss", "coalesced", "error")
 #: ``UpstreamError.reason`` values; declared up front so rate() and alerts see a 0, not nothing.
 UPSTREAM_ERROR_REASONS = ("connect", "timeout", "status", "body", "size", "store")
+#: what the cache's disk refused: a partial file's creation, or a fill's write
+DISK_ERROR_OPS = ("create", "write")
+#: why an image was not admitted for caching (it is passed through instead)
+ADMISSION_REFUSALS = ("max_size", "disk_space")
 
 
 class Metrics:
@@ -77,6 +81,17 @@ class Metrics:
             "Fills discarded because the bytes did not match the image's hash or size.",
             registry=r,
         )
+        self.disk_errors = Counter(
+            "edgecache_cache_disk_errors",
+            "Cache-disk failures (ENOSPC, EIO, EROFS...), by operation; callers were served "
+            "from upstream.",
+            ["op"], registry=r,
+        )
+        self.admissions_refused = Counter(
+            "edgecache_cache_admissions_refused",
+            "Images passed through uncached because they did not fit, by bound.",
+            ["reason"], registry=r,
+        )
         self.event_loop_lag = Histogram(
             "edgecache_event_loop_lag_seconds",
             "How late the event loop woke a 10 ms timer: every connection waits this long.",
@@ -91,3 +106,7 @@ class Metrics:
             self.time_to_first_byte.labels(result=result)
         for reason in UPSTREAM_ERROR_REASONS:
             self.upstream_errors.labels(reason=reason)
+        for op in DISK_ERROR_OPS:
+            self.disk_errors.labels(op=op)
+        for reason in ADMISSION_REFUSALS:
+            self.admissions_refused.labels(reason=reason)

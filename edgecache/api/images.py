@@ -14,9 +14,11 @@ that image to within ``offline_auth_ttl`` (``serve_cached_on_upstream_failure``)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -39,7 +41,13 @@ from edgecache.core.cache import ImageCache
 from edgecache.core.decision import Action, Facts, Glance, Kind, Ranged, decide
 from edgecache.core.fill import Fill
 from edgecache.core.views import Copy, FillState, Hit
-from edgecache.errors import FillAborted, FillCoolingDown, UpstreamError, UpstreamRefused
+from edgecache.errors import (
+    CacheDiskError,
+    FillAborted,
+    FillCoolingDown,
+    UpstreamError,
+    UpstreamRefused,
+)
 from edgecache.metrics import Metrics
 from edgecache.model import ImageMeta, image_id_of
 from edgecache.upstream.glance import GlanceUpstream, forwarded
@@ -252,7 +260,8 @@ async def _perform(
         # A range of an image being fetched (typically a lower tier resuming a
         # broken body) is read from that fill, so upstream sees no second GET.
         return await _send_fill(request, meta, fill, asked.byte_range, service.metrics, outcome,
-                                cache=service.cache)
+                                cache=service.cache,
+                                relay=_relay_for(service.cache, fill, headers))
     # JOIN_FILL, START_FILL, COOLING_DOWN: the cache has the last word, now.
     try:
         joined = await service.cache.fill_for(meta, headers)
@@ -266,14 +275,28 @@ async def _perform(
     LOG.debug("image %s: %s, %s its fill", meta.id, outcome.result,
               "started" if started_now else "joined")
     return await _send_fill(request, meta, fill, None, service.metrics, outcome,
-                            cache=service.cache)
+                            cache=service.cache,
+                            relay=_relay_for(service.cache, fill, headers))
+
+
+#: ``relay(offset, stop)``: the bytes of a fill whose disk failed, from upstream
+_Relay = Callable[[int, int], AsyncGenerator[bytes, None]]
+
+
+def _relay_for(cache: ImageCache, fill: Fill, headers: Mapping[str, str]) -> _Relay:
+    """The caller's own upstream read, with its own credentials, for when the disk fails."""
+    return lambda offset, stop: cache.relay(fill, headers, offset=offset, stop=stop)
 
 
 async def _send_fill(
     request: web.Request, meta: ImageMeta, fill: Fill, byte_range: ByteRange | None,
-    metrics: Metrics, outcome: _Outcome, *, cache: ImageCache,
+    metrics: Metrics, outcome: _Outcome, *, cache: ImageCache, relay: _Relay,
 ) -> web.StreamResponse:
-    """Stream the image (or ``byte_range`` of it) from a fill, as its bytes arrive."""
+    """Stream the image (or ``byte_range`` of it) from a fill, as its bytes arrive.
+
+    If the cache's disk fails, the bytes on disk are sent and the rest is relayed
+    from upstream (docs/behaviour.md#a-full-or-failing-disk).
+    """
     try:
         await fill.wait_started()
     except (UpstreamRefused, UpstreamError, FillAborted) as exc:
@@ -285,8 +308,11 @@ async def _send_fill(
     response = image_response(meta, byte_range)
     await response.prepare(request)
     start, stop = (byte_range.start, byte_range.stop) if byte_range else (0, fill.size)
+    sent = start
 
     async def readable(offset: int) -> int:
+        nonlocal sent
+        sent = offset  # send_fd asks only once everything before offset went out
         end = await fill.wait_readable(offset, stop)
         if end >= stop:
             outcome.settle()  # everything this response carries is readable: it counts now
@@ -294,27 +320,49 @@ async def _send_fill(
 
     fd: int | None = None
     result = outcome.result
+    on_sent = _FirstByte(metrics, result, "cache" if result == "hit" else "upstream")
+    disk_failed = False
     try:
-        fd = await fill.open_reader()  # this reader's own file offset
-        await send_fd(
-            request, fd, start, stop,
-            readable=readable,
-            on_sent=_FirstByte(metrics, result, "cache" if result == "hit" else "upstream"),
-        )
-        if fill.size == 0:
-            await readable(0)
-    except (FillAborted, FileShrank) as exc:
+        try:
+            fd = await fill.open_reader()  # this reader's own file offset
+            await send_fd(request, fd, start, stop, readable=readable, on_sent=on_sent)
+            if fill.size == 0:
+                await readable(0)
+        except CacheDiskError as exc:
+            LOG.warning("image %s: %s; relaying bytes %d-%d from upstream",
+                        meta.id, exc, sent, stop - 1)
+            disk_failed = True
+        finally:
+            if fd is not None:  # before the relay: a full disk gets the partial's blocks back
+                await cache.close_fd(fd)
+        if disk_failed:
+            await _send_relayed(response, relay(sent, stop), stop - sent, outcome, on_sent)
+    except (FillAborted, FileShrank, UpstreamError, UpstreamRefused) as exc:
         LOG.error("image %s: aborting the response: %s", meta.id, exc)
         outcome.settle("error")
         abort(request)
         return response  # aiohttp's write_eof meets a closed transport: no clean end
     except ClientGone:
         return response
-    finally:
-        if fd is not None:
-            await cache.close_fd(fd)
     await response.write_eof()
     return response
+
+
+async def _send_relayed(
+    response: web.StreamResponse, pieces: AsyncGenerator[bytes, None], remaining: int,
+    outcome: _Outcome, on_sent: Callable[[int], None],
+) -> None:
+    """Write the relayed rest of a response; its last byte comes only once verified."""
+    async with contextlib.aclosing(pieces):  # a client that leaves ends the upstream read
+        async for piece in pieces:
+            remaining -= len(piece)
+            if remaining <= 0:
+                outcome.settle()  # the relay verified everything this response carries
+            try:
+                await response.write(piece)
+            except ConnectionError as exc:
+                raise ClientGone(str(exc)) from exc
+            on_sent(len(piece))
 
 
 async def _send_hit(

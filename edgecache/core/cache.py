@@ -12,6 +12,12 @@ own task, and a caller that disconnects does not cancel it. A fill whose bytes
 are wrong (a hash mismatch, a body shorter or longer than the record)
 puts its image in a short cool-down: the next callers are told to come back
 rather than each starting another download of the same bad bytes.
+
+A full or failing disk is not the image's fault and never a caller's failure
+(docs/behaviour.md#a-full-or-failing-disk): admission keeps fills within the file
+system's free space as well as ``max_size``; a partial that cannot be created
+means "pass through"; a write that fails leaves the fill's readers to relay the
+rest from upstream (:meth:`ImageCache.relay`).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import contextlib
 import dataclasses
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -32,6 +38,7 @@ from edgecache.core import policy
 from edgecache.core.diskstore import DiskStore
 from edgecache.core.fill import Fill, Throttle, download
 from edgecache.core.index import Index
+from edgecache.core.relay import relay
 from edgecache.core.views import (
     VERIFIED_AT,
     Cooldown,
@@ -42,6 +49,7 @@ from edgecache.core.views import (
     Usage,
 )
 from edgecache.errors import (
+    CacheDiskError,
     FillAborted,
     FillCoolingDown,
     FillStalled,
@@ -76,6 +84,7 @@ class ImageCache:
         failure_cooldown: float = 30.0,
         metrics: m.Metrics | None = None,
         clock: Clock = SYSTEM,
+        write: Callable[[int, bytes, int], None] | None = None,
     ) -> None:
         self._store = store
         self._source = source
@@ -99,6 +108,17 @@ class ImageCache:
         #: set while no demand fill runs (see demand_fills): prefetches wait on it
         self._demand_idle = asyncio.Event()
         self._demand_idle.set()
+        #: how fills put a chunk on disk, ``write(fd, data, offset)`` (None: pwrite); a
+        #: fault seam, as a failing disk cannot be had on demand
+        self.write = write
+        #: the file system's free bytes at the last statvfs (None: not known yet), and
+        #: what fills had written by then (see _disk_room)
+        self._disk_free: int | None = None
+        self._written_at_sample = 0
+        #: bytes written by fills that have ended (with those of running fills: the total)
+        self._written_by_ended = 0
+        self._sampling: asyncio.Task[None] | None = None
+        self._resample = False
         self._disk = ThreadPoolExecutor(DISK_THREADS, thread_name_prefix="cache-disk")
         #: images whose partial file is being created, so a second caller waits and joins
         self._starting: dict[str, asyncio.Future[None]] = {}
@@ -114,6 +134,7 @@ class ImageCache:
             self._store.root, len(self._index), self._index.total_bytes, self._max_size,
         )
         await self.prune()
+        await self.sample_disk()
         self._publish()
         self._housekeeping = asyncio.create_task(self._housekeeping_loop())
 
@@ -129,6 +150,9 @@ class ImageCache:
         for task in list(self._fill_tasks.values()) + list(self._removals.values()):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self._sampling is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._sampling
         await self._flush_dirty()
         await self._in_disk(self._store.close)
         self._disk.shutdown(wait=False)
@@ -225,8 +249,51 @@ class ImageCache:
         return cooling
 
     def can_admit(self, size: int | None) -> bool:
-        """Whether a fill of ``size`` bytes could start now (evicting what it must)."""
+        """Whether a fill of ``size`` bytes could start now (evicting what it must), within
+        ``max_size`` and the file system's free space."""
         return size is not None and self._victims_for(size) is not None
+
+    # -- the file system's free space ----------------------------------------------------
+
+    async def sample_disk(self) -> None:
+        """Read the cache file system's free space (statvfs, in a thread: NFS may block)."""
+        written = self._written_total()
+        try:
+            st = await self._in_disk(os.statvfs, self._store.root)
+        except OSError as exc:
+            LOG.warning("cannot read the free space of %s: %s", self._store.root, exc)
+            return
+        read_only = bool(st.f_flag & os.ST_RDONLY)
+        self._disk_free = 0 if read_only else st.f_bavail * st.f_frsize
+        self._written_at_sample = written
+
+    def _sample_disk_soon(self) -> None:
+        """Sample again in the background (once more if a sample is under way: it may
+        have read the disk before what changed it)."""
+        self._resample = True
+        if self._sampling is None or self._sampling.done():
+            self._sampling = asyncio.create_task(self._sample_while_asked())
+
+    async def _sample_while_asked(self) -> None:
+        while self._resample:
+            self._resample = False
+            await self.sample_disk()
+
+    def _written_total(self) -> int:
+        return self._written_by_ended + sum(fill.written for fill in self._fills.values())
+
+    def _disk_room(self) -> int | None:
+        """Bytes a new fill may still take on disk: the free space sampled, less what fills
+        wrote since and what running fills will still write (None: not known).
+
+        Freed space counts only from the next sample, and others' writes may take
+        some meanwhile: a fill that meets a full disk anyway relays (see relay).
+        """
+        if self._disk_free is None:
+            return None
+        written_since = self._written_total() - self._written_at_sample
+        to_write = sum(fill.size - fill.written for fill in self._fills.values())
+        return self._disk_free - written_since - to_write
 
     async def probe_write(self) -> str | None:
         """Why no file can be created in the cache directory now, or None."""
@@ -371,9 +438,16 @@ class ImageCache:
             LOG.warning("image %s (%d bytes) cannot fit in the cache; not caching it",
                         meta.id, size)
             return None
+        # The partial first: a disk that cannot take it must not cost an eviction.
         starting = self._starting[meta.id] = asyncio.get_running_loop().create_future()
         try:
             partial, fd = await self._create_partial(meta.id)
+        except OSError as exc:
+            self._metrics.disk_errors.labels(op="create").inc()
+            LOG.warning("image %s: cannot create its partial file (%s); passing it through",
+                        meta.id, exc)
+            self._sample_disk_soon()  # a read-only remount shows in statvfs
+            return None
         finally:
             del self._starting[meta.id]
             starting.set_result(None)
@@ -387,7 +461,7 @@ class ImageCache:
             self._evict_now(victim.image_id)
         fill = Fill(meta, size=size, partial=partial, fd=fd, verify=self._verify,
                     clock=self._clock.monotonic,
-                    on_received=self._metrics.upstream_fetched_bytes.inc)
+                    on_received=self._metrics.upstream_fetched_bytes.inc, write=self.write)
         fill.throttle = throttle
         self._reserved += size
         self._fills[meta.id] = fill
@@ -410,13 +484,20 @@ class ImageCache:
             self._disk.submit(_discard_created, self._store, *creating.result())
 
     def _victims_for(self, size: int) -> list[Entry] | None:
-        return policy.victims_for(
-            size,
-            lru=self._index.lru_order(),
-            used=self._index.total_bytes,
-            reserved=self._reserved,
-            max_size=self._max_size,
-        )
+        lru = list(self._index.lru_order())
+        used, reserved = self._index.total_bytes, self._reserved
+        victims = policy.victims_for(size, lru=lru, used=used, reserved=reserved,
+                                     max_size=self._max_size, disk_room=self._disk_room())
+        if victims is None:
+            within_max_size = policy.victims_for(size, lru=lru, used=used, reserved=reserved,
+                                                 max_size=self._max_size)
+            reason = "max_size" if within_max_size is None else "disk_space"
+            self._metrics.admissions_refused.labels(reason=reason).inc()
+            if reason == "disk_space":
+                LOG.warning("an image of %d bytes would not fit in the free space of %s "
+                            "(about %d bytes left for fills); not caching it",
+                            size, self._store.root, self._disk_room() or 0)
+        return victims
 
     async def _run_fill(self, fill: Fill, headers: dict[str, str]) -> None:
         started = self._clock.monotonic()
@@ -450,6 +531,12 @@ class ImageCache:
             else:
                 fill.fail(FillAborted(f"fill of {fill.image_id} cancelled"))
                 raise
+        except CacheDiskError as exc:
+            # Our disk, not the image: no cool-down; readers relay the rest (relay).
+            fill.fail(exc)
+            self._metrics.disk_errors.labels(op="write").inc()
+            LOG.warning("fill of %s: %s; its callers get the rest from upstream",
+                        fill.image_id, exc)
         except UpstreamRefused as exc:
             fill.fail(exc)  # this caller's answer, not the image's: no cool-down
         except UpstreamError as exc:
@@ -472,6 +559,7 @@ class ImageCache:
                 self._reserved -= fill.size
             if self._fills.get(fill.image_id) is fill:
                 del self._fills[fill.image_id]
+            self._written_by_ended += fill.written
             self._demand_changed()
             if self._fill_tasks.get(fill.image_id) is asyncio.current_task():
                 del self._fill_tasks[fill.image_id]
@@ -479,6 +567,7 @@ class ImageCache:
             # blocks; that, like unlink, can block for hundreds of ms.
             await asyncio.shield(self._in_disk(self._close_partial, fill, committed))
             self._publish()
+            self._sample_disk_soon()
 
     def _failed(self, fill: Fill, exc: BaseException) -> None:
         """End a fill whose upstream bytes are wrong (hash, size): cool the image down.
@@ -491,6 +580,19 @@ class ImageCache:
             self._cooling[fill.image_id] = Cooldown(
                 fill.meta, self._clock.monotonic() + self._failure_cooldown, str(exc)
             )
+
+    def relay(
+        self, fill: Fill, headers: Mapping[str, str], *, offset: int, stop: int
+    ) -> AsyncGenerator[bytes, None]:
+        """Bytes ``[offset, stop)`` of a fill whose disk failed, read from upstream with the
+        reader's own ``headers``; the last one only once the image is verified
+        (see :func:`edgecache.core.relay.relay`)."""
+        hash_from, hasher = fill.relay_start()
+        return relay(
+            self._source, fill.meta, headers, size=fill.size,
+            hash_from=hash_from, hasher=hasher, send_from=offset, send_to=stop,
+            max_resumes=self._max_resume_attempts, sleep=self._clock.sleep,
+        )
 
     def _close_partial(self, fill: Fill, committed: bool) -> None:
         fill.close_fd()
@@ -613,6 +715,7 @@ class ImageCache:
             await self._in_disk(self._store.remove, image_id)
         except OSError:
             LOG.exception("could not remove the files of image %s", image_id)
+        self._sample_disk_soon()
 
     def _forget_removal(self, image_id: str, task: asyncio.Task[None]) -> None:
         if self._removals.get(image_id) is task:
@@ -726,6 +829,7 @@ class ImageCache:
             try:
                 self.abandon_stalled()
                 await self._flush_dirty()
+                self._sample_disk_soon()  # others write to the disk too
             except Exception:
                 LOG.exception("housekeeping pass failed")
 

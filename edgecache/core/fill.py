@@ -9,6 +9,11 @@ the fill: they ``sendfile`` from their own descriptor of the partial file, up to
 Integrity rule: the last byte a reader asked for (the image's own, or a range's)
 is withheld until the whole body has been verified, so no response can end
 cleanly with wrong bytes.
+
+A write the disk refuses (ENOSPC, EIO) ends the fill but not its readers: they
+send what is on disk, then relay the rest from upstream themselves, verified
+against the hash of the bytes on disk (:meth:`Fill.relay_start`,
+docs/behaviour.md#a-full-or-failing-disk).
 """
 
 from __future__ import annotations
@@ -23,9 +28,15 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-from edgecache.errors import ChecksumMismatch, FillAborted, ShortBody, UpstreamError
+from edgecache.errors import (
+    CacheDiskError,
+    ChecksumMismatch,
+    FillAborted,
+    ShortBody,
+    UpstreamError,
+)
 from edgecache.model import ImageBody, ImageMeta, ImageSource
 
 LOG = logging.getLogger(__name__)
@@ -33,6 +44,10 @@ LOG = logging.getLogger(__name__)
 #: Writes (and hash updates) allowed in flight before the pump waits; with
 #: upstream reads of up to ~2 MiB this bounds a fill's buffered memory.
 _MAX_IN_FLIGHT = 4
+
+#: Hash states kept, one per chunk hashed: the hasher runs at most a few chunks
+#: ahead of the writer, so the state at the first failed write is among them.
+_HASH_MARKS = 4 * _MAX_IN_FLIGHT
 
 
 class Throttle(Protocol):
@@ -67,6 +82,10 @@ class Fill:
         self._write = write or _pwrite_all
         #: set by the first write that failed: the watermark never passes a hole
         self._hole_at: int | None = None
+        #: where the disk failed (CacheDiskError): readers relay from upstream past it
+        self.disk_failed_at: int | None = None
+        #: (offset, hash state of the bytes before it), one per chunk hashed lately
+        self._marks: deque[tuple[int, Any]] = deque(maxlen=_HASH_MARKS)
         #: sees every upstream chunk as it arrives, so byte counters move during a long fill
         self._on_received = on_received
         self.image_id = meta.id
@@ -106,7 +125,7 @@ class Fill:
         image's last byte, or a range's) is withheld: no response ends before the hash
         has spoken.
         """
-        if self.error is not None:
+        if self.error is not None and self.disk_failed_at is None:
             raise FillAborted(f"fill of {self.image_id} failed: {self.error}") from self.error
         stop = self.size if stop is None else min(stop, self.size)
         if self.verified:
@@ -119,11 +138,28 @@ class Fill:
             end = self.readable_end(stop)
             if end > offset or (self.verified and end >= offset):
                 return end
+            if self.disk_failed_at is not None:
+                assert self.error is not None
+                raise CacheDiskError(str(self.error)) from self.error
             # shield: a reader that goes away must not cancel everyone's wake-up
             await asyncio.shield(self._progress)
 
     async def wait_started(self) -> None:
         await asyncio.shield(self.started)
+
+    def relay_start(self) -> tuple[int, Any]:
+        """Where a reader's own upstream read begins once the disk failed, and the hash
+        state of the image's bytes before it (None when nothing is hashed).
+
+        That is where the disk stopped, with the running hash as it was there; if
+        that state is no longer known, the image's start with a fresh hash.
+        """
+        if self.expected is None:
+            return self.written, None
+        for offset, state in self._marks:
+            if offset == self.written:
+                return offset, state.copy()
+        return 0, hashlib.new(self.expected[0])
 
     async def open_reader(self) -> int:
         """One reader's own open file description of the partial file (the caller closes it).
@@ -175,9 +211,15 @@ class Fill:
             self.started.set_result(None)
 
     def fail(self, exc: BaseException) -> None:
-        """Abort every reader: before headers they answer an error, after it they cut."""
+        """Abort every reader: before headers they answer an error, after it they cut.
+
+        A CacheDiskError instead leaves readers the bytes on disk and the upstream
+        for the rest (:meth:`relay_start`).
+        """
         if self.error is None and not self.verified:
             self.error = exc
+            if isinstance(exc, CacheDiskError):
+                self.disk_failed_at = self.written
         if not self.started.done():
             self.started.set_exception(exc)
             self.started.exception()  # retrieved: not every fill has a waiting caller
@@ -235,11 +277,11 @@ class Fill:
                 end = offset + len(chunk)
                 if end > self.size:
                     raise ShortBody(f"upstream sent more than the image's {self.size} bytes")
-                write = loop.run_in_executor(self._writer, self._write, self.fd, chunk, offset)
+                write = loop.run_in_executor(self._writer, self._write_at, chunk, offset)
                 write.add_done_callback(functools.partial(self._on_written, offset, end))
                 writes.append(write)
                 if self._hasher is not None:
-                    hashes.append(loop.run_in_executor(self._hashing, self._hasher.update, chunk))
+                    hashes.append(loop.run_in_executor(self._hashing, self._hash, chunk, end))
                 self.received = end
                 self.last_progress = self._clock()
                 await _drain(writes, _MAX_IN_FLIGHT)
@@ -250,9 +292,25 @@ class Fill:
         finally:
             # The threads run their queues in order, so a later pump's writes
             # and hash updates can only follow these; still, wait for them so a
-            # failed write is seen here.
-            await _settle(writes)
-            await _settle(hashes)
+            # failed write is seen here. The hashes settle even then: a reader's relay
+            # takes the hash state where the disk stopped (relay_start).
+            try:
+                await _settle(writes)
+            finally:
+                await _settle(hashes)
+
+    def _write_at(self, chunk: bytes, offset: int) -> None:
+        try:
+            self._write(self.fd, chunk, offset)
+        except OSError as exc:
+            raise CacheDiskError(
+                f"writing {len(chunk)} bytes at {offset} of {self.partial}: {exc}"
+            ) from exc
+
+    def _hash(self, chunk: bytes, end: int) -> None:
+        assert self._hasher is not None
+        self._hasher.update(chunk)
+        self._marks.append((end, self._hasher.copy()))
 
     def verify(self) -> None:
         """All bytes are in: check size and hash, then release the last byte."""

@@ -18,16 +18,22 @@ def victims_for(
     reserved: int,
     max_size: int,
     busy: frozenset[str] = frozenset(),
+    disk_room: int | None = None,
 ) -> list[Entry] | None:
     """The least recently used entries to evict so ``incoming`` bytes fit.
 
     ``used`` counts committed bytes, ``reserved`` the space promised to fills in
-    progress. Pinned entries and ``busy`` ones are never chosen. Returns ``None``
-    when even evicting every candidate would not make room.
+    progress. ``disk_room`` is what the file system can still take beyond what
+    running fills will write (None: unknown); an evicted entry gives its bytes
+    back to both bounds, so a ``max_size`` larger than the disk cannot fill it.
+    Pinned entries and ``busy`` ones are never chosen. Returns ``None`` when even
+    evicting every candidate would not make room.
     """
     if incoming > max_size:
         return None
     excess = used + reserved + incoming - max_size
+    if disk_room is not None:
+        excess = max(excess, incoming - disk_room)
     chosen: list[Entry] = []
     for entry in lru:
         if excess <= 0:

@@ -128,7 +128,8 @@ cache_opts = [
         help="Upper bound on the bytes of committed and in-progress images. The "
         "least recently used images are evicted to stay under it, and space is "
         "reserved before a fill starts. Suffixes K, M, G, T (binary) are accepted. "
-        "Changes on SIGHUP; eviction down to a smaller bound follows at once.",
+        "Changes on SIGHUP; eviction down to a smaller bound follows at once. Fills "
+        "also stay within the file system's free space, whatever this says.",
     ),
     cfg.IntOpt(
         "stall_time",

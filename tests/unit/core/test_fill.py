@@ -18,7 +18,13 @@ from pathlib import Path
 import pytest
 
 from edgecache.core.fill import Fill
-from edgecache.errors import ChecksumMismatch, FillAborted, ShortBody, UpstreamError
+from edgecache.errors import (
+    CacheDiskError,
+    ChecksumMismatch,
+    FillAborted,
+    ShortBody,
+    UpstreamError,
+)
 from edgecache.model import ImageMeta
 from tests.support.clock import FakeClock, settle
 
@@ -232,11 +238,35 @@ async def test_a_failed_write_leaves_no_hole_for_readers(files: Files) -> None:
         os.pwrite(fd, data, offset)
 
     fill = files.fill(image(), write=write)
-    with pytest.raises(OSError):
+    with pytest.raises(CacheDiskError):
         await fill.pump(ListBody(pieces(DATA)))
     await settle()
     assert fill.written == 1000
     assert fill.readable_end() <= 1000
+
+
+async def test_a_disk_failure_leaves_readers_the_bytes_on_disk_and_the_hash_of_them(
+    files: Files,
+) -> None:
+    """The disk refuses the write at 5000: readers may still send the 5000 bytes on disk,
+    then are told to relay, from 5000 on, with the hash state of those 5000 bytes."""
+    def write(fd: int, data: bytes, offset: int) -> None:
+        if offset >= 5000:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        os.pwrite(fd, data, offset)
+
+    fill = files.fill(image(), write=write)
+    with pytest.raises(CacheDiskError) as failed:
+        await fill.pump(ListBody(pieces(DATA)))
+    fill.fail(failed.value)
+    assert fill.readable_end() == 5000
+    assert await fill.wait_readable(1000) == 5000
+    with pytest.raises(CacheDiskError):
+        await fill.wait_readable(5000)
+    offset, state = fill.relay_start()
+    assert offset == 5000
+    assert state.hexdigest() == hashlib.sha512(DATA[:5000]).hexdigest()
+    assert fill.relay_start()[1] is not state  # each reader hashes on its own copy
 
 
 async def test_the_last_byte_is_withheld_until_verified(files: Files) -> None:

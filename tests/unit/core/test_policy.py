@@ -54,6 +54,24 @@ def test_nothing_fits_when_only_pinned_entries_remain() -> None:
     ) is None
 
 
+def test_the_disk_bounds_fills_when_max_size_is_larger_than_it() -> None:
+    """max_size 1000 on a disk with 50 bytes of room: an image of 60 evicts the least
+    recently used entries until the disk can take it, one of 200 does not fit at all."""
+    index = _index(40, 30, 20)
+    lru, used = list(index.lru_order()), index.total_bytes
+    assert policy.victims_for(40, lru=lru, used=used, reserved=0, max_size=1000,
+                              disk_room=50) == []
+    victims = policy.victims_for(60, lru=lru, used=used, reserved=0, max_size=1000,
+                                 disk_room=50)
+    assert [v.image_id for v in victims or []] == ["img-0"]
+    assert policy.victims_for(200, lru=lru, used=used, reserved=0, max_size=1000,
+                              disk_room=50) is None
+    # others took the room running fills counted on: evicting makes it up
+    victims = policy.victims_for(10, lru=lru, used=used, reserved=0, max_size=1000,
+                                 disk_room=-5)
+    assert [v.image_id for v in victims or []] == ["img-0"]
+
+
 def test_over_limit_after_the_limit_shrank() -> None:
     index = _index(40, 30, 20)
     victims = policy.over_limit(lru=index.lru_order(), used=index.total_bytes, reserved=0,

@@ -16,7 +16,10 @@ LATENCY_BUCKETS = (
 
 REQUEST_RESULTS = ("hit", "miss", "coalesced", "error")
 #: ``UpstreamError.reason`` values; declared up front so rate() and alerts see a 0, not nothing.
-UPSTREAM_ERROR_REASONS = ("connect", "timeout", "status", "body", "size", "store")
+#: ``store_refused``: a direct-store location not contacted (docs/behaviour.md#direct-store-reads).
+UPSTREAM_ERROR_REASONS = (
+    "connect", "timeout", "status", "body", "size", "store", "store_refused",
+)
 #: what the cache's disk refused: a partial file's creation, or a fill's write
 DISK_ERROR_OPS = ("create", "write")
 #: why an image was not admitted for caching (it is passed through instead)

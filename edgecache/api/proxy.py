@@ -2,7 +2,10 @@
 
 Both bodies stream (a multi-GiB snapshot upload is never buffered); hop-by-hop
 headers stay on their own hop; a client's Content-Length is kept, because the
-usual Glance deployments under uWSGI reject chunked uploads.
+usual Glance deployments under uWSGI reject chunked uploads. Glance's answer
+to an upload it refuses before reading the body is relayed as it came, even
+when Glance resets the connection (upstream/upload.py); the path and query go
+out as the client sent them.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from edgecache.api.streaming import abort
 from edgecache.errors import UpstreamError
 from edgecache.metrics import Metrics
 from edgecache.upstream.glance import GlanceUpstream
+from edgecache.upstream.upload import RelayedBody
 
 LOG = logging.getLogger(__name__)
 
@@ -61,7 +65,8 @@ async def forward(
     headers = end_to_end(request.headers)
     if REQUEST_ID_HEADER not in headers:
         headers[REQUEST_ID_HEADER] = request[REQUEST_ID_KEY]
-    body = request.content if request.body_exists else None
+    # A failed send of the body must not hide Glance's answer (upstream/upload.py).
+    body = RelayedBody(request.content) if request.body_exists else None
     try:
         upstream_response = await upstream.request(
             request.method, path_qs, headers=headers, data=body, proxy=proxy

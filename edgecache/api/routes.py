@@ -44,7 +44,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 async def dispatch(request: web.Request) -> web.StreamResponse:
     """The single route: edgecache's own paths, image data, or passthrough."""
     service = request.app[SERVICE_KEY]
-    raw_path = request.rel_url.raw_path
+    if "#" in request.raw_path:
+        # RFC 9112 §3.2: a request target has no fragment; yarl would drop it and
+        # a different path would reach Glance than the one the client sent.
+        return error_response(400, "A request target cannot carry a fragment.")
+    raw_path, query = _target(request)
     segments = unquote(raw_path).split("/")
     if any(segment in (".", "..") for segment in segments):
         return error_response(404, "The resource could not be found.")
@@ -66,12 +70,10 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
                 )
             return versions.versions_response(request, raw_path.rstrip("/"), explicit=False)
         request[ROUTE_KEY] = "passthrough"
-        query = request.rel_url.raw_query_string
         response, _ = await _forward(request, service, raw_path + (f"?{query}" if query else ""))
         return response
 
     rest = match["rest"]
-    query = request.rel_url.raw_query_string
     path_qs = rest + (f"?{query}" if query else "")
     if cache_api.handles(rest):
         request[ROUTE_KEY] = "cache_api"
@@ -90,6 +92,21 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
             service.metadata.forget(image_id)
             service.cache.evict_soon(image_id)
     return response
+
+
+def _target(request: web.Request) -> tuple[str, str]:
+    """The path and query exactly as the client sent them (still percent-encoded).
+
+    ``request.rel_url`` is yarl's normalised form, which decodes ``%3F`` in a
+    query to ``?`` and ``%7E`` to ``~``: Glance must see the bytes the client
+    sent. An absolute-form target (``GET http://host/v2/...``) keeps only its
+    path and query, as RFC 9112 §3.2.2 has a server do.
+    """
+    target = request.raw_path
+    if not target.startswith("/"):
+        return request.rel_url.raw_path, request.rel_url.raw_query_string
+    path, _, query = target.partition("?")
+    return path, query
 
 
 async def _forward(

@@ -298,6 +298,10 @@ class Fill:
                 await _settle(writes)
             finally:
                 await _settle(hashes)
+                # A finished write's callback (_on_written) is only scheduled when it
+                # finishes: one turn of the loop, so `written` counts every write that
+                # landed before anyone reads it (disk_failed_at).
+                await asyncio.sleep(0)
 
     def _write_at(self, chunk: bytes, offset: int) -> None:
         try:

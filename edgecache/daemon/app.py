@@ -46,6 +46,7 @@ from edgecache.ops.scrub import Scrubber
 from edgecache.upstream.glance import GlanceUpstream
 from edgecache.upstream.service_auth import credentials_for
 from edgecache.upstream.stores import DirectStoreSource, default_stores
+from edgecache.upstream.stores.allow import StoreAllowlist
 
 LOG = logging.getLogger(__name__)
 
@@ -89,8 +90,18 @@ async def _service(app: web.Application) -> AsyncIterator[None]:
         clock=app[CLOCK_KEY],
     ) as upstream:
         source: ImageSource = upstream
-        if upstream_settings.direct_stores:
-            stores = default_stores(upstream.session, settings.prefetch.upstream_auth)
+        if upstream_settings.direct_stores and not settings.cache.verify:
+            # store bytes are trusted only once verified against Glance's hash
+            LOG.warning("[upstream] direct_stores = true but [cache] verify = false: no "
+                        "store is read directly, every image comes from Glance's /file")
+        elif upstream_settings.direct_stores:
+            allow = StoreAllowlist(upstream_settings.direct_store_allow)
+            if not allow:
+                LOG.warning("[upstream] direct_stores = true but direct_store_allow is "
+                            "empty: no store is read directly, every image comes from "
+                            "Glance's /file")
+            stores = default_stores(upstream.session, settings.prefetch.upstream_auth,
+                                    allow=allow)
             source = DirectStoreSource(upstream, stores, metrics)
         cache = ImageCache(
             DiskStore(settings.cache.directory),

@@ -211,8 +211,32 @@ upstream_opts = [
         "file:// (a Glance file store mounted on this host at the same path), "
         "http(s)://, and s3:// / s3+http(s):// when the 's3' extra (aiobotocore) is "
         "installed (credentials from the URL as Glance writes it, else botocore's "
-        "usual chain). Metadata and authorization still come from Glance; an image "
-        "whose locations cannot be read is fetched from Glance as usual.",
+        "usual chain), and swift:// / swift+http(s)://. Metadata and authorization "
+        "still come from Glance; an image whose locations cannot be read, or that has "
+        "no hash (os_hash_value or checksum) to verify store bytes against, is fetched "
+        "from Glance as usual; with [cache] verify = false every image is. Only places "
+        "under direct_store_allow are ever contacted. Related options: "
+        "direct_store_allow.",
+    ),
+    cfg.ListOpt(
+        "direct_store_allow",
+        default=[],
+        help="URL prefixes direct store reads (direct_stores) may open, for example "
+        "file:///var/lib/glance/images/, https://swift.example.com:8080/v1/AUTH_glance/, "
+        "http://s3.example.com:9000/images/. Each URL edgecache would contact is "
+        "compared with them: scheme, host and port (default ports made explicit) "
+        "equal, and its path under the prefix's path at a '/' boundary. file:// "
+        "locations are compared by their real path (symlinks resolved); s3 locations "
+        "by their path-style object URL http(s)://HOST[:PORT]/BUCKET/KEY (s3:// and "
+        "s3+http:// are http); swift locations by the object URL they are read from "
+        "(and the auth address, for v1 credentials). Prefixes with user information, "
+        "a query or dot segments are refused at start. A location outside every "
+        "prefix, a store answering with a redirect (never followed), or a Swift "
+        "location that would carry the [upstream_auth] token to a host that is not an "
+        "object-store endpoint of its own catalog is not contacted: the image is read "
+        "from Glance's /file and edgecache_upstream_errors_total{reason="
+        "\"store_refused\"} counts it. Empty (the default): nothing is read directly, "
+        "even with direct_stores = true.",
     ),
     cfg.BoolOpt(
         "serve_cached_on_upstream_failure",
@@ -342,6 +366,8 @@ class UpstreamSettings:
     http_proxy: str | None = None
     #: read image bytes from the store locations in Glance's records
     direct_stores: bool = False
+    #: URL prefixes those reads may open (empty: none)
+    direct_store_allow: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -473,11 +499,19 @@ def _settings_from(conf: cfg.ConfigOpts) -> Settings:
             offline_auth_ttl=float(conf.upstream.offline_auth_ttl),
             http_proxy=http_proxy,
             direct_stores=conf.upstream.direct_stores,
+            direct_store_allow=_direct_store_allow(conf.upstream.direct_store_allow),
         ),
     )
     if settings.auth_strategy == "keystone":
         _check_keystone_authtoken(conf)
     return settings
+
+
+def _direct_store_allow(prefixes: Sequence[str]) -> tuple[str, ...]:
+    """The [upstream] direct_store_allow prefixes, each checked to be a plain URL prefix."""
+    from edgecache.upstream.stores.allow import StoreAllowlist
+
+    return StoreAllowlist(prefixes).entries  # ConfigError for a prefix it cannot use
 
 
 def _check_keystone_authtoken(conf: cfg.ConfigOpts) -> None:

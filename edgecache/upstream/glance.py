@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 
 import aiohttp
+from yarl import URL
 
 from edgecache.backoff import Backoff
 from edgecache.clock import SYSTEM, Clock
@@ -70,6 +71,7 @@ class GlanceUpstream:
         )
         self._clock = clock
         self._session: aiohttp.ClientSession | None = None
+        self._uploads: aiohttp.ClientSession | None = None
         self._down_until: dict[str, float] = {}
         self._failures: dict[str, int] = {}
         #: the endpoint each response still in use came from (see _rest_for)
@@ -78,14 +80,22 @@ class GlanceUpstream:
         )
 
     async def __aenter__(self) -> GlanceUpstream:
-        self._session = aiohttp.ClientSession(
+        self._session = self._new_session(force_close=False)
+        # Requests with a body never share a connection, neither before nor
+        # after: Glance may answer one (a refused upload) without reading its
+        # body and then drop the connection, so a pooled connection could be
+        # stale, and a body that cannot be replayed would fail on it.
+        self._uploads = self._new_session(force_close=True)
+        return self
+
+    def _new_session(self, *, force_close: bool) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
             timeout=self._timeout,
             auto_decompress=False,
             read_bufsize=_READ_BUFSIZE,
-            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, force_close=force_close),
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
         )
-        return self
 
     async def __aexit__(
         self,
@@ -96,6 +106,9 @@ class GlanceUpstream:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._uploads is not None:
+            await self._uploads.close()
+            self._uploads = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -150,12 +163,16 @@ class GlanceUpstream:
         """
         error: UpstreamError | None = None
         candidates = self.candidates()
+        session = self.session if data is None or self._uploads is None else self._uploads
         for endpoint in candidates:
+            # encoded=True: the path and query go out byte for byte as given
+            # (yarl would otherwise decode %3F in a query to "?").
+            url = URL(endpoint + path_qs, encoded=True)
             try:
                 try:
-                    response = await self.session.request(
+                    response = await session.request(
                         method,
-                        endpoint + path_qs,
+                        url,
                         headers=dict(headers),
                         data=data,
                         allow_redirects=False,
@@ -164,9 +181,9 @@ class GlanceUpstream:
                 except aiohttp.ClientProxyConnectionError as exc:
                     LOG.warning("proxy %s unreachable (%s); asking %s directly",
                                 proxy, exc, endpoint)
-                    response = await self.session.request(
+                    response = await session.request(
                         method,
-                        endpoint + path_qs,
+                        url,
                         headers=dict(headers),
                         data=data,
                         allow_redirects=False,

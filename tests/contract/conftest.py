@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
+from edgecache.upstream.stores.allow import StoreAllowlist
 from edgecache.upstream.stores.file import FileStore
 from edgecache.upstream.stores.http import HttpStore
 from lab.motos3 import MotoS3, moto_s3
@@ -42,7 +43,7 @@ async def store(
         s3: MotoS3 = request.getfixturevalue("contract_s3")
         prefix = uuid.uuid4().hex
         yield StoreUnderTest(
-            S3Store(),
+            S3Store(allow=StoreAllowlist([s3.endpoint + "/images/"])),
             lambda name, data: s3.put("images", f"{prefix}-{name}", data),
             s3.url("images", f"{prefix}-missing"),
         )
@@ -50,7 +51,7 @@ async def store(
 
     if request.param == "file":
         yield StoreUnderTest(
-            FileStore(),
+            FileStore(allow=StoreAllowlist([root.as_uri() + "/"])),
             lambda name, data: write(name, data).as_uri(),
             (root / "missing").as_uri(),
         )
@@ -68,7 +69,7 @@ async def store(
     base = str(server.make_url("/objects/"))
     async with aiohttp.ClientSession() as session:
         yield StoreUnderTest(
-            HttpStore(session),
+            HttpStore(session, allow=StoreAllowlist([base])),
             lambda name, data: base + write(name, data).name,
             base + "missing",
         )

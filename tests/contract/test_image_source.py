@@ -31,6 +31,7 @@ from edgecache.metrics import Metrics
 from edgecache.model import ImageBody, ImageMeta, ImageSource
 from edgecache.upstream.glance import GlanceUpstream
 from edgecache.upstream.stores import DirectStoreSource, StoreRegistry
+from edgecache.upstream.stores.allow import StoreAllowlist
 from edgecache.upstream.stores.file import FileStore
 from lab.ports import free_port
 from lab.units import MiB
@@ -98,7 +99,7 @@ async def source(
 
         objects = tmp_path / "objects"
         objects.mkdir()
-        stores = StoreRegistry([FileStore()])
+        stores = StoreRegistry([FileStore(allow=StoreAllowlist([objects.as_uri() + "/"]))])
 
         def add_to_store(data: bytes) -> ImageMeta:
             image_id = str(uuid.uuid4())

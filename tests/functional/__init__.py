@@ -191,6 +191,7 @@ def settings(
     auth_cache_ttl: float = 60.0,
     read_timeout: float = 30.0,
     direct_stores: bool = False,
+    direct_store_allow: tuple[str, ...] = (),
     max_resume_attempts: int = 5,
 ) -> Settings:
     return Settings(
@@ -204,6 +205,7 @@ def settings(
             connect_timeout=2.0,
             read_timeout=read_timeout,
             direct_stores=direct_stores,
+            direct_store_allow=direct_store_allow,
             max_resume_attempts=max_resume_attempts,
         ),
     )

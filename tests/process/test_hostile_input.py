@@ -10,11 +10,15 @@ ever forwarded to the upstream Glance.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import os
+import random
+import socket
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +30,7 @@ from requests.structures import CaseInsensitiveDict
 import edgecache
 from lab.edgecache import EdgecacheProcess
 from lab.httpclient import RawResponse, raw_request
+from lab.polling import wait_until
 from tests.support.faultyglance import FaultyGlance, RecordedRequest
 
 IMAGE_SIZE = 300_000
@@ -280,3 +285,154 @@ def test_daemon_keeps_serving_after_hostile_input(env: Env) -> None:
     failures = [line for line in env.daemon.log_text().splitlines()
                 if line.strip().startswith("File ") and package in line]
     assert failures == [], "\n".join(failures)
+
+
+# -- fuzzing: 5,000 malformed requests cost a bounded, traceback-free log ----------------
+
+FUZZ_REQUESTS = 5000
+FUZZ_SEED = 20261202
+#: What 5,000 malformed requests may add to the log, whatever they are.
+LOG_BUDGET = 64 * 1024
+_BAD_IDS = ("not-a-uuid", "%zz", "%f", "%", "%ff%fe", "%00", "%c0%af", "a" * 300, "%2e%2e")
+
+
+@dataclass(frozen=True)
+class Fuzzed:
+    kind: str
+    data: bytes
+    #: edgecache's handlers answer it (a 4xx on the wire), not aiohttp's parser,
+    #: which may reset a connection whose client is still sending
+    app_level: bool
+
+
+def _head(method: bytes, target: bytes, headers: list[bytes], body: bytes = b"") -> bytes:
+    lines = [method + b" " + target + b" HTTP/1.1", b"Host: 127.0.0.1", *headers,
+             b"Connection: close"]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+def _fuzzed(rng: random.Random, image_id: str) -> Fuzzed:
+    """One malformed request; any that parses targets a path edgecache refuses itself."""
+    bad_id = rng.choice(_BAD_IDS).encode()
+    refused = b"/v2/images/" + bad_id + b"/file"
+    dotted = rng.choice([b"/v2/images/../../etc/passwd", b"/v2/%2e%2e/x", b"/v2/images/%2E%2E/file",
+                         b"/image/../v2/images/x/file", b"/v2/images/..%2f..%2fadmin"])
+    junk = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 40)))
+    kind = rng.choice([
+        "request-line", "method", "version", "header-syntax", "header-control",
+        "header-utf8", "path-utf8", "overlong-header", "overlong-line", "many-headers",
+        "chunked", "content-length", "weird-path", "bad-id", "request-id", "range",
+        "control-inserted",
+    ])
+    if kind == "request-line":
+        # (never an empty line: a server waits for the request after one, RFC 9112 §2.2)
+        line = b"\x01" + junk.replace(b"\r", b"").replace(b"\n", b"")
+        return Fuzzed(kind, line + b"\r\n\r\n", False)
+    if kind == "method":
+        method = rng.choice([b"G@T", b"GE T", b"{}", b"GET\x01", b"\xffGET", b"(", b"GET/"])
+        return Fuzzed(kind, _head(method, refused, []), False)
+    if kind == "version":
+        version = rng.choice([b"HTTP/9.9", b"HTTP/1", b"HTTX/1.1", b"HTTP/1.1.1", b""])
+        return Fuzzed(kind, b"GET " + refused + b" " + version + b"\r\nHost: x\r\n\r\n", False)
+    if kind == "header-syntax":
+        header = rng.choice([b"NoColon", b"Bad Name: v", b"X(y): 1", b" Leading: space",
+                             b"X-A : trailing-space", b": empty-name"])
+        return Fuzzed(kind, _head(b"GET", refused, [header]), False)
+    if kind == "header-control":
+        value = b"v" + bytes([rng.choice([0, 1, 8, 11, 12, 27, 127])]) + b"v"
+        return Fuzzed(kind, _head(b"GET", refused, [b"X-Ctl: " + value]), False)
+    if kind == "header-utf8":
+        value = rng.choice([b"\xff\xfe", b"\xc0\xaf", b"\xed\xa0\x80", b"caf\xe9"])
+        return Fuzzed(kind, _head(b"GET", refused, [b"X-Utf: " + value]), True)
+    if kind == "path-utf8":
+        target = b"/v2/images/" + rng.choice([b"\xff\xfe", b"\xc3", b"\xe2\x82"]) + b"/file"
+        return Fuzzed(kind, _head(b"GET", target, []), False)
+    if kind == "overlong-header":
+        size = FIELD_LIMIT + rng.randrange(1, 4000)
+        return Fuzzed(kind, _head(b"GET", refused, [b"X-Pad: " + b"p" * size]), False)
+    if kind == "overlong-line":
+        target = b"/v2/images/" + b"a" * (FIELD_LIMIT + rng.randrange(1, 4000)) + b"/file"
+        return Fuzzed(kind, _head(b"GET", target, []), False)
+    if kind == "many-headers":
+        headers = [b"X-%d: y" % i for i in range(rng.randrange(200, 400))]
+        return Fuzzed(kind, _head(b"GET", refused, headers), False)
+    if kind == "chunked":
+        body = rng.choice([b"zz\r\nabc\r\n0\r\n\r\n", b"-1\r\n\r\n", b"5\r\nab\r\nxx\r\n",
+                           b"ffffffffffffffffff\r\n\r\n", b"3;\x01\r\nabc\r\n0\r\n\r\n"])
+        return Fuzzed(kind, _head(b"PUT", dotted, [b"Transfer-Encoding: chunked"], body), False)
+    if kind == "content-length":
+        framing = rng.choice([
+            [b"Content-Length: abc"], [b"Content-Length: -1"], [b"Content-Length: 1e3"],
+            [b"Content-Length: " + b"9" * 30], [b"Content-Length: 1", b"Content-Length: 2"],
+            [b"Content-Length: 3", b"Transfer-Encoding: chunked"], [b"Content-Length: 0x10"],
+        ])
+        return Fuzzed(kind, _head(b"PUT", dotted, framing, b"abc"), False)
+    if kind == "weird-path":
+        target = rng.choice([b"*", b"http://[::1/v2/images", b"/v2/images/%00/file",
+                             b"//v2/images/../x", b"/v2/images/\t/file", b"/v2/images/#/file",
+                             b"/v2/images/x#frag", b"/v2/images?q=#"])
+        if rng.random() < 0.5:  # a method that would pass through, on a refused path
+            return Fuzzed(kind, _head(rng.choice([b"DELETE", b"PATCH", b"POST"]), dotted, []),
+                          False)
+        return Fuzzed(kind, _head(b"GET", target, []), False)
+    if kind == "bad-id":
+        return Fuzzed(kind, _head(rng.choice([b"GET", b"HEAD"]), refused, []), True)
+    if kind == "request-id":
+        rid = rng.choice([b"r" * rng.randrange(65, 4000), b"req-\xff\xfe", b"req-" + b"x" * 100])
+        return Fuzzed(kind, _head(b"GET", refused, [b"X-OpenStack-Request-ID: " + rid]), True)
+    if kind == "range":
+        value = rng.choice([b"garbage", b"bytes=abc-def", b"bytes=" + b"9" * 400 + b"-",
+                            b"bytes=-", b"bytes=0-1,3-4", b"bytes=\xff-"])
+        target = b"/v2/images/" + image_id.encode() + b"/file"
+        return Fuzzed(kind, _head(b"GET", target, [b"Range: " + value]), True)
+    # a control character somewhere in an otherwise fine request head
+    data = bytearray(_head(b"GET", refused, [b"X-A: b"]))
+    data.insert(rng.randrange(0, len(data) - 4), rng.choice([0, 1, 2, 0x7F]))
+    return Fuzzed(kind, bytes(data), False)
+
+
+def _send_raw(port: int, data: bytes) -> int | None:
+    """The status answered to ``data``, None when the connection closed without one,
+    -1 when nothing came within the timeout."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        answer = b""
+        try:
+            sock.sendall(data)
+            while b"\r\n" not in answer:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+        except TimeoutError:
+            return -1  # neither an answer nor a close: a request left hanging
+    if not answer.startswith(b"HTTP/1."):
+        return None
+    return int(answer.split(b" ", 2)[1])
+
+
+def test_fuzzed_requests_cost_a_bounded_log_without_tracebacks(env: Env) -> None:
+    rng = random.Random(FUZZ_SEED)
+    cases = [_fuzzed(rng, env.image_id) for _ in range(FUZZ_REQUESTS)]
+    before = env.daemon.log_file.stat().st_size
+
+    with ThreadPoolExecutor(4) as pool:
+        statuses = list(pool.map(lambda case: _send_raw(env.daemon.port, case.data), cases))
+    # ... and the daemon still serves (its access line comes after every fuzzed one's)
+    answer = requests.get(f"{env.daemon.url}/v2/images/{env.image_id}/file", timeout=30)
+    assert answer.status_code == 200
+    assert len(answer.content) == env.image_size
+    wait_until(lambda: b" status=200 " in env.daemon.log_file.read_bytes()[before:],
+               "the access line of the download", timeout=10)
+
+    added = env.daemon.log_file.read_bytes()[before:].decode(errors="replace")
+    assert "Traceback" not in added, added[:3000]
+    assert len(added.encode()) < LOG_BUDGET, (len(added.encode()), added[-3000:])
+    wrong = collections.Counter(
+        (case.kind, status) for case, status in zip(cases, statuses, strict=True)
+        if not (status is not None and 400 <= status < 500)
+        and (case.app_level or status is not None)
+    )
+    assert not wrong, wrong
+    assert env.daemon.running

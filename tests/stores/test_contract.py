@@ -33,6 +33,7 @@ __all__ = [
 @pytest.fixture
 async def store(local_swift: LocalSwift) -> AsyncIterator[StoreUnderTest]:
     """``swift+http://`` objects in the session's Swift (tempauth from the URL)."""
+    from edgecache.upstream.stores.allow import StoreAllowlist
     from edgecache.upstream.stores.swift import SwiftStore
 
     prefix = uuid.uuid4().hex
@@ -42,5 +43,7 @@ async def store(local_swift: LocalSwift) -> AsyncIterator[StoreUnderTest]:
             return local_swift.location("images", f"{prefix}-{name}")
 
         yield StoreUnderTest(
-            SwiftStore(session), put, local_swift.location("images", f"{prefix}-missing")
+            SwiftStore(session, allow=StoreAllowlist([local_swift.url + "/"])),
+            put,
+            local_swift.location("images", f"{prefix}-missing"),
         )

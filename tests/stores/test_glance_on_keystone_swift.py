@@ -71,7 +71,7 @@ def _edge_options(ks: KeystoneSwift) -> dict[str, dict[str, str]]:
         "DEFAULT": {"auth_strategy": "keystone"},
         "keystone_authtoken": keystone.authtoken_options(),
         "upstream_auth": keystone.credentials(STORE_USER, STORE_PASSWORD, STORE_PROJECT),
-        "upstream": {"direct_stores": "true"},
+        "upstream": {"direct_stores": "true", "direct_store_allow": ks.swift.url + "/"},
     }
 
 

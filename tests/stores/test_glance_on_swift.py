@@ -177,7 +177,10 @@ def test_an_image_glance_stored_in_swift_is_read_from_swift(
 
     with EdgecacheProcess(
         tmp_path, glance_endpoints=[glance.url], auth_cache_ttl=1,
-        options={"upstream": {"direct_stores": "true"}},
+        options={"upstream": {
+            "direct_stores": "true",
+            "direct_store_allow": f"{auth_shim.auth_url},{local_swift.url}/",
+        }},
     ) as edge:
         status, body, whole = get(edge.url, file_path(image_id))
         assert (status, whole) == (200, True)

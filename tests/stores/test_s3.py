@@ -16,6 +16,7 @@ from pytest_aiohttp import AiohttpClient
 
 from edgecache.errors import NotFound, UpstreamError
 from edgecache.upstream.stores import StoreRegistry
+from edgecache.upstream.stores.allow import StoreAllowlist
 from edgecache.upstream.stores.s3 import S3Location, S3Store
 from lab.motos3 import SECRET_KEY, MotoS3
 from lab.units import MiB
@@ -23,6 +24,11 @@ from tests.functional import file_path, start_edgecache
 from tests.support.faultyglance import FaultyGlance
 
 pytest.importorskip("aiobotocore", reason="the s3 extra is not installed")
+
+
+def everywhere(server: MotoS3) -> StoreAllowlist:
+    """Every bucket of the moto server."""
+    return StoreAllowlist([server.endpoint + "/"])
 
 
 
@@ -63,14 +69,14 @@ def test_malformed_locations_are_store_errors_without_the_secret(url: str) -> No
 def test_default_stores_reads_s3_with_the_extra() -> None:
     from edgecache.upstream.stores import default_stores
 
-    registry = default_stores(None)  # type: ignore[arg-type]  # the http store is not used
+    registry = default_stores(None, allow=StoreAllowlist())  # type: ignore[arg-type]
     assert isinstance(registry, StoreRegistry)
     assert all(registry.readable(f"{s}://A:S@h/b/k") for s in ("s3", "s3+http", "s3+https"))
 
 
 async def test_a_missing_bucket_is_not_found(s3_server: MotoS3) -> None:
     with pytest.raises(NotFound):
-        await S3Store().open(s3_server.url("no-such-bucket", "k"))
+        await S3Store(allow=everywhere(s3_server)).open(s3_server.url("no-such-bucket", "k"))
 
 
 async def test_an_unreachable_service_is_a_store_error_that_hides_the_secret(
@@ -78,7 +84,7 @@ async def test_an_unreachable_service_is_a_store_error_that_hides_the_secret(
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="edgecache")
     with pytest.raises(UpstreamError) as caught:
-        await S3Store(connect_timeout=1).open(f"s3://AK:{SECRET_KEY}@127.0.0.1:9/images/k")
+        await S3Store(allow=StoreAllowlist(["http://127.0.0.1:9/"]), connect_timeout=1).open(f"s3://AK:{SECRET_KEY}@127.0.0.1:9/images/k")
     assert caught.value.reason == "store"
     assert SECRET_KEY not in str(caught.value)
     assert SECRET_KEY not in caplog.text
@@ -87,7 +93,7 @@ async def test_an_unreachable_service_is_a_store_error_that_hides_the_secret(
 async def test_an_offset_past_the_end_is_a_store_error(s3_server: MotoS3) -> None:
     url = s3_server.put("images", "short", b"0123456789")
     with pytest.raises(UpstreamError) as caught:
-        await S3Store().open(url, 10)
+        await S3Store(allow=everywhere(s3_server)).open(url, 10)
     assert caught.value.reason == "store"
 
 
@@ -107,7 +113,8 @@ async def test_a_fill_reads_an_s3_location_and_not_glance(
     image = fg.add_image(data, properties={"locations": [{"url": url, "metadata": {}}]})
     image_id = image["id"]
     edge = await start_edgecache(aiohttp_client, Path(tmp_path) / "cache", (fg.url,),
-                                 direct_stores=True)
+                                 direct_stores=True,
+                                 direct_store_allow=(s3_server.endpoint + "/",))
 
     got = await edge.fetch(file_path(image_id))
 

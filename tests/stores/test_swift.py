@@ -22,6 +22,7 @@ from pytest_aiohttp import AiohttpClient
 
 from edgecache.errors import NotFound, UpstreamError
 from edgecache.model import ImageBody
+from edgecache.upstream.stores.allow import StoreAllowlist
 from edgecache.upstream.stores.swift import KeystoneSession, SwiftStore, parse_location
 from lab.swift import KEY, LocalSwift
 from lab.units import MiB
@@ -63,6 +64,11 @@ def as_session(fake: FakeKeystone) -> KeystoneSession:
     return cast(KeystoneSession, fake)
 
 
+def swift_only(swift: LocalSwift) -> StoreAllowlist:
+    """The local Swift's proxy (auth and storage), nothing else."""
+    return StoreAllowlist([swift.url + "/"])
+
+
 def put(swift: LocalSwift, data: bytes) -> str:
     name = uuid.uuid4().hex
     swift.put_object("images", name, data)
@@ -102,7 +108,8 @@ async def test_a_record_whose_location_is_in_swift_is_filled_from_swift(
         "id"
     ]
     edge = await start_edgecache(aiohttp_client, tmp_path / "cache", (fg.url,),
-                                 direct_stores=True)
+                                 direct_stores=True,
+                                 direct_store_allow=(local_swift.url + "/",))
 
     got = await edge.fetch(file_path(image_id))
 
@@ -122,20 +129,24 @@ async def test_upstream_auth_reads_multi_tenant_and_catalog_locations(
     name = put(swift, data)
     keystone = FakeKeystone(swift)
     async with aiohttp.ClientSession() as session:
-        store = SwiftStore(session, as_session(keystone), interface="internal")
+        store = SwiftStore(session, as_session(keystone), allow=swift_only(swift),
+                           interface="internal")
         multi = f"swift+http://{swift.storage_url.split('://', 1)[1]}/images/{name}"
         assert await read_all(await store.open(multi, 5)) == data[5:]
-        assert keystone.endpoint_calls == []  # the storage URL is in the location
+        # the storage URL is in the location; the catalog only says it is the session's Swift
+        assert {c["interface"] for c in keystone.endpoint_calls} == {"public", "internal",
+                                                                      "admin"}
+        keystone.endpoint_calls.clear()
 
         catalog = f"swift+http://glance:pw@127.0.0.1:5000/v3/images/{name}"
         assert await read_all(await store.open(catalog)) == data
-        assert keystone.endpoint_calls == [
-            {"service_type": "object-store", "interface": "internal", "region_name": None}
-        ]
+        assert keystone.endpoint_calls[0] == {
+            "service_type": "object-store", "interface": "internal", "region_name": None
+        }
         with pytest.raises(NotFound):
             await store.open(f"swift+http://glance:pw@127.0.0.1:5000/v3/images/{name}-gone")
 
-        without = SwiftStore(session)
+        without = SwiftStore(session, allow=swift_only(swift))
         with pytest.raises(UpstreamError, match="upstream_auth") as err:
             await without.open(multi)
         assert err.value.reason == "store"
@@ -147,12 +158,12 @@ async def test_a_rejected_token_is_renewed_once(local_swift: LocalSwift) -> None
     name = put(swift, data)
     keystone = FakeKeystone(swift, first_token="AUTH_tk_expired")
     async with aiohttp.ClientSession() as session:
-        store = SwiftStore(session, as_session(keystone))
+        store = SwiftStore(session, as_session(keystone), allow=swift_only(swift))
         multi = f"swift+http://{swift.storage_url.split('://', 1)[1]}/images/{name}"
         assert await read_all(await store.open(multi)) == data
         assert keystone.invalidations == 1
 
-        v1 = SwiftStore(session)
+        v1 = SwiftStore(session, allow=swift_only(swift))
         location = swift.location("images", name)
         assert await read_all(await v1.open(location)) == data
         # the cached v1 token goes stale (as after a proxy restart): one re-handshake
@@ -166,7 +177,7 @@ async def test_credentials_stay_out_of_errors_and_logs(
     caplog.set_level(logging.DEBUG)
     wrong = local_swift.location("images", "x").replace(f":{KEY}@", ":not-the-key@")
     async with aiohttp.ClientSession() as session:
-        store = SwiftStore(session)
+        store = SwiftStore(session, allow=swift_only(local_swift))
         with pytest.raises(UpstreamError) as err:
             await store.open(wrong)
         assert err.value.reason == "store"

@@ -29,6 +29,7 @@ import pytest
 from edgecache.daemon import config
 from edgecache.errors import NotFound
 from edgecache.model import ImageBody
+from edgecache.upstream.stores.allow import StoreAllowlist
 from edgecache.upstream.stores.swift import KeystoneSession, SwiftStore
 from lab.edgecache import EdgecacheConfig
 from lab.keystone import LocalKeystone, ensure_keystone_venv
@@ -125,7 +126,8 @@ def keystone_swift() -> Iterator[KeystoneSwift]:
 @pytest.fixture
 async def store(keystone_swift: KeystoneSwift, tmp_path: Path) -> AsyncIterator[SwiftStore]:
     async with aiohttp.ClientSession() as session:
-        yield SwiftStore(session, keystone_swift.upstream_auth(tmp_path))
+        yield SwiftStore(session, keystone_swift.upstream_auth(tmp_path),
+                         allow=StoreAllowlist([keystone_swift.swift.url + "/"]))
 
 
 def test_swift_refuses_requests_without_a_valid_keystone_token(

@@ -842,6 +842,7 @@ class FaultyGlance:
             "method": request.method,
             "path": request.path,
             "query": request.query_string,
+            "raw_path": request.raw_path,
             "x-auth-token": headers.get("X-Auth-Token"),
             "x-service-token": headers.get("X-Service-Token"),
             "x-openstack-request-id": headers.get("X-OpenStack-Request-ID"),

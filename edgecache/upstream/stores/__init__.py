@@ -5,8 +5,11 @@ returned to the caller (``locations`` with ``show_multiple_locations``, or
 ``direct_url``), so a caller Glance refuses never gets this far. Every backend
 keeps one contract, :meth:`StoreBackend.open`: a missing object is
 :class:`~edgecache.errors.NotFound`, anything else that goes wrong is
-:class:`~edgecache.errors.UpstreamError`. :class:`DirectStoreSource` tries the
-locations in order and falls back to Glance's own ``/file``.
+:class:`~edgecache.errors.UpstreamError`, and a location the backend will not
+contact (outside ``[upstream] direct_store_allow``, a redirect, a token for
+another host) is :class:`~edgecache.upstream.stores.allow.StoreRefused`
+before anything is sent. :class:`DirectStoreSource` tries the locations in
+order and falls back to Glance's own ``/file``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from edgecache.errors import NotFound, UpstreamError
 from edgecache.metrics import Metrics
 from edgecache.model import ImageBody, ImageMeta, ImageSource
 from edgecache.upstream.stores import s3
+from edgecache.upstream.stores.allow import StoreAllowlist, StoreRefused, redact
 from edgecache.upstream.stores.file import FileStore
 from edgecache.upstream.stores.http import HttpStore
 from edgecache.upstream.stores.swift import KeystoneSession, SwiftStore
@@ -62,25 +66,35 @@ class StoreRegistry:
 
 
 def default_stores(
-    session: aiohttp.ClientSession, keystone: KeystoneSession | None = None
+    session: aiohttp.ClientSession,
+    keystone: KeystoneSession | None = None,
+    *,
+    allow: StoreAllowlist,
 ) -> StoreRegistry:
-    """``file://`` and ``http(s)://``; ``s3://`` too where the ``s3`` extra is installed."""
-    backends: list[StoreBackend] = [FileStore(), HttpStore(session)]
+    """``file://``, ``http(s)://``, ``swift``; ``s3://`` too where the ``s3`` extra is installed.
+
+    Each reads only what ``allow`` covers.
+    """
+    backends: list[StoreBackend] = [FileStore(allow=allow), HttpStore(session, allow=allow)]
     # swift(+http/+https)://: v1 auth from the URL, or the [upstream_auth] session
-    backends.append(SwiftStore(session, keystone))
+    backends.append(SwiftStore(session, keystone, allow=allow))
     if s3.available():
-        backends.append(s3.S3Store())
+        backends.append(s3.S3Store(allow=allow))
     return StoreRegistry(backends)
 
 
 class DirectStoreSource:
     """An :class:`ImageSource` reading from the record's store locations, else from Glance.
 
-    Each location the registry can read is tried in order; when none yields the
-    object (missing, unreachable, wrong size), the fill falls back to
-    ``glance.open_image``. The fallback is logged and counted
-    (``edgecache_upstream_errors_total{reason="store"}``) once per fill, and the
-    fill's resumes then stay on Glance.
+    Store bytes are only as good as the hash they are verified against, so an
+    image without one (size only: no ``os_hash_value``, no ``checksum``) is
+    never read from a store. Otherwise each location the registry can read is
+    tried in order; when none yields the object (refused, missing,
+    unreachable, wrong size), the fill falls back to ``glance.open_image``.
+    Once per fill, a refusal is logged and counted as
+    ``edgecache_upstream_errors_total{reason="store_refused"}`` (even when a
+    later location is read), and a fallback for any other failure as
+    ``reason="store"``; the fill's resumes then stay on Glance.
     """
 
     def __init__(self, glance: ImageSource, stores: StoreRegistry, metrics: Metrics) -> None:
@@ -89,6 +103,8 @@ class DirectStoreSource:
         self.metrics = metrics
         #: images whose fill in progress gave up on their stores
         self._fell_back: set[str] = set()
+        #: images whose fill in progress has had a refusal counted
+        self._refused: set[str] = set()
 
     async def open_image(
         self,
@@ -98,27 +114,49 @@ class DirectStoreSource:
         offset: int = 0,
         meta: ImageMeta | None = None,
     ) -> ImageBody:
-        if offset == 0:
-            self._fell_back.discard(image_id)  # a fill starts from byte 0: a new fill
+        if offset == 0:  # a fill starts from byte 0: a new fill
+            self._fell_back.discard(image_id)
+            self._refused.discard(image_id)
         urls = [u for u in (meta.locations if meta else ()) if self.stores.readable(u)]
-        if urls and image_id not in self._fell_back:
-            failures: list[str] = []
-            for url in urls:
-                try:
-                    body = await self.stores.open(url, offset)
-                except (NotFound, UpstreamError) as exc:
-                    failures.append(str(exc))
-                    continue
-                expected = meta.size - body.start if meta and meta.size is not None else None
-                if body.content_length is not None and expected is not None \
-                        and body.content_length != expected:
-                    body.close()
-                    failures.append(f"{url}: {body.content_length} bytes from {body.start}, "
-                                    f"the record says {expected}")
-                    continue
-                return body
+        if meta is None or not urls or image_id in self._fell_back:
+            return await self.glance.open_image(image_id, headers, offset=offset, meta=meta)
+        if meta.strongest_hash() is None:
             self._fell_back.add(image_id)
+            self._note_refusals(image_id, ["the record has no hash to verify store bytes by"])
+            return await self.glance.open_image(image_id, headers, offset=offset, meta=meta)
+        refusals: list[str] = []
+        failures: list[str] = []
+        for url in urls:
+            try:
+                body = await self.stores.open(url, offset)
+            except StoreRefused as exc:
+                refusals.append(str(exc))
+                continue
+            except (NotFound, UpstreamError) as exc:
+                failures.append(str(exc))
+                continue
+            expected = meta.size - body.start if meta.size is not None else None
+            if body.content_length is not None and expected is not None \
+                    and body.content_length != expected:
+                body.close()
+                failures.append(f"{redact(url)}: {body.content_length} bytes from "
+                                f"{body.start}, the record says {expected}")
+                continue
+            self._note_refusals(image_id, refusals)
+            return body
+        self._fell_back.add(image_id)
+        self._note_refusals(image_id, refusals)
+        if failures:
             self.metrics.upstream_errors.labels(reason="store").inc()
             LOG.warning("image %s: no store location readable (%s); reading it from Glance",
                         image_id, "; ".join(failures))
         return await self.glance.open_image(image_id, headers, offset=offset, meta=meta)
+
+    def _note_refusals(self, image_id: str, refusals: list[str]) -> None:
+        """Count and log the refusals of a fill, once per fill."""
+        if not refusals or image_id in self._refused:
+            return
+        self._refused.add(image_id)
+        self.metrics.upstream_errors.labels(reason="store_refused").inc()
+        LOG.warning("image %s: store location refused (%s); not contacted", image_id,
+                    "; ".join(refusals))

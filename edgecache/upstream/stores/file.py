@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import urllib.parse
 from collections.abc import AsyncIterator
 
 from edgecache.errors import NotFound, UpstreamError
 from edgecache.model import ImageBody
+from edgecache.upstream.stores.allow import StoreAllowlist
 
 #: bytes per read of a file-store object (one thread hop each)
 FILE_PIECE = 1 << 20
@@ -43,18 +43,22 @@ class FileBody:
 
 
 class FileStore:
-    """``file://`` URLs: a Glance file store mounted on this host (NFS, say)."""
+    """``file://`` URLs: a Glance file store mounted on this host (NFS, say).
+
+    Only files whose real path (symlinks resolved) lies under a ``file://``
+    prefix of ``allow`` are opened.
+    """
 
     schemes: tuple[str, ...] = ("file",)
 
+    def __init__(self, *, allow: StoreAllowlist) -> None:
+        self._allow = allow
+
     async def open(self, url: str, offset: int = 0) -> ImageBody:
-        parts = urllib.parse.urlsplit(url)
-        if parts.netloc not in ("", "localhost"):
-            # RFC 8089 §2: a file URL naming another host is not readable here
-            raise UpstreamError(f"{url}: not a local file", reason="store")
-        path = urllib.parse.unquote(parts.path)
+        path = await asyncio.to_thread(self._allow.check_file, url, url)
         try:
-            # open, fstat and close in a thread: on NFS each may wait on the server
+            # open, fstat and close in a thread: on NFS each may wait on the server;
+            # O_NOFOLLOW: the checked real path must not turn into a symlink meanwhile
             fd, size = await asyncio.to_thread(_open_sized, path)
         except FileNotFoundError as exc:
             raise NotFound(f"{url}: no such file") from exc
@@ -68,7 +72,7 @@ class FileStore:
 
 
 def _open_sized(path: str) -> tuple[int, int]:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     try:
         return fd, os.fstat(fd).st_size
     except BaseException:

@@ -13,6 +13,13 @@ are written as they are (not percent-encoded), and an AWS secret may contain
 (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``~/.aws``, instance roles).
 The secret never reaches a log line or an exception message: those name the
 object as ``SCHEME://SERVICE/BUCKET/KEY``.
+
+Where requests go (docs/behaviour.md#direct-store-reads): an object is read
+only when its path-style URL ``http(s)://SERVICE/BUCKET/KEY`` is under
+``[upstream] direct_store_allow``, and every request botocore sends for it is
+checked again just before it leaves (``before-send``): whatever botocore itself
+decides to do (retry elsewhere after a region redirect, say), no signed request
+leaves for a place outside the allowlist.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import re
+import urllib.parse
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -28,6 +36,7 @@ import aiohttp
 
 from edgecache.errors import NotFound, UpstreamError
 from edgecache.model import ImageBody
+from edgecache.upstream.stores.allow import StoreAllowlist
 
 if TYPE_CHECKING:
     from botocore.exceptions import BotoCoreError
@@ -74,6 +83,12 @@ class S3Location:
         """The signing region: from an AWS host name, else ``us-east-1`` (what RGW accepts)."""
         match = _AWS_REGION.search(self.host.split(":", 1)[0].lower())
         return match.group(1) if match else "us-east-1"
+
+    @property
+    def object_url(self) -> str:
+        """The path-style URL botocore requests the object at."""
+        quote = urllib.parse.quote
+        return f"{self.endpoint}/{quote(self.bucket)}/{quote(self.key)}"
 
     def redacted(self) -> str:
         """The URL without its credentials, for messages."""
@@ -172,12 +187,22 @@ class S3Store:
     """Glance's ``s3`` store, read with ranged GetObject calls through aiobotocore.
 
     Each :meth:`open` makes a client of its own (the URL carries its own
-    endpoint and credentials) that lives as long as the body it returns.
+    endpoint and credentials) that lives as long as the body it returns. Only
+    objects under ``allow`` are read; without credentials in the URL botocore's
+    own chain signs the request, so this is also where edgecache's AWS keys
+    may go.
     """
 
     schemes: tuple[str, ...] = SCHEMES
 
-    def __init__(self, *, connect_timeout: float = 10.0, read_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        *,
+        allow: StoreAllowlist,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
+    ) -> None:
+        self._allow = allow
         from aiobotocore.session import get_session
         from botocore.config import Config
 
@@ -195,6 +220,7 @@ class S3Store:
 
         where = S3Location.parse(url)
         name = where.redacted()
+        self._allow.check(where.object_url, name)
         context = self._session.create_client(
             "s3",
             endpoint_url=where.endpoint,
@@ -207,6 +233,11 @@ class S3Store:
             client = await context.__aenter__()
         except (BotoCoreError, ValueError) as exc:
             raise UpstreamError(f"{name}: {type(exc).__name__}", reason="store") from exc
+
+        def guard(request: Any, **_: Any) -> None:
+            self._allow.check(str(request.url), name)  # StoreRefused: nothing is sent
+
+        client.meta.events.register("before-send.s3", guard)
         request: dict[str, Any] = {"Bucket": where.bucket, "Key": where.key}
         if offset:
             request["Range"] = f"bytes={offset}-"

@@ -19,6 +19,13 @@ keystoneauth1 session: its token, and for a location without a storage URL the
 ``object-store`` endpoint of its catalog. A 401 drops the cached token and
 retries once. Credentials never appear in messages or logs: locations are named
 without their user information.
+
+Where requests go (docs/behaviour.md#direct-store-reads): the ``[upstream_auth]``
+token is only ever sent to a storage URL whose scheme, host and port are those
+of an ``object-store`` endpoint in that session's own catalog; every URL
+contacted (the v1 auth address, the object) must be under ``[upstream]
+direct_store_allow``; redirects are never followed (they would carry the
+token to a place nobody checked).
 """
 
 from __future__ import annotations
@@ -31,12 +38,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import aiohttp
+import yarl
 from keystoneauth1.session import Session as KeystoneSession
 
 from edgecache.errors import UpstreamError
 from edgecache.model import ImageBody
 from edgecache.upstream.body import store_body
 from edgecache.upstream.service_auth import KEYSTONE_THREADS
+from edgecache.upstream.stores.allow import Origin, StoreAllowlist, StoreRefused, refuse_redirect
+
+#: catalog interfaces whose object-store endpoints count as the session's own Swift
+_INTERFACES = ("public", "internal", "admin")
 
 __all__ = ["KeystoneSession", "SwiftLocation", "SwiftStore", "parse_location"]
 
@@ -106,11 +118,13 @@ class SwiftStore:
         session: aiohttp.ClientSession,
         keystone: KeystoneSession | None = None,
         *,
+        allow: StoreAllowlist,
         interface: str = "public",
         region: str | None = None,
     ) -> None:
         self._session = session
         self._keystone = keystone
+        self._allow = allow
         self._interface = interface
         self._region = region
         self._keystone_threads = ThreadPoolExecutor(
@@ -126,11 +140,13 @@ class SwiftStore:
             headers = {"X-Auth-Token": token}
             if offset:
                 headers["Range"] = f"bytes={offset}-"
-            target = location.object_url(storage_url)
+            target = self._allow.check(location.object_url(storage_url), location.display)
             try:
-                response = await self._session.get(target, headers=headers)
+                response = await self._session.get(target, headers=headers,
+                                                   allow_redirects=False)
             except (TimeoutError, aiohttp.ClientError) as exc:
                 raise UpstreamError(f"{location.display}: {exc!r}", reason="store") from exc
+            refuse_redirect(location.display, response)
             if response.status == 401 and attempt == 1:
                 response.close()
                 self._forget(location)
@@ -164,6 +180,10 @@ class SwiftStore:
         )
 
     def _keystone_credentials(self, location: SwiftLocation) -> tuple[str, str]:
+        """The storage URL and the session's token, only if that URL is the session's Swift.
+
+        Blocking (keystoneauth may call Keystone): run in a thread.
+        """
         session = self._keystone
         assert session is not None
         try:
@@ -178,12 +198,36 @@ class SwiftStore:
         if not token or not storage_url:
             raise UpstreamError(f"{location.display}: [upstream_auth] gave no token or no "
                                 "object-store endpoint", reason="store")
+        try:
+            origin = Origin.of(yarl.URL(str(storage_url)))
+        except ValueError as exc:
+            raise StoreRefused(f"{location.display}: not a storage URL") from exc
+        if origin not in self._catalog_origins(session):
+            # a multi-tenant location naming some other host: the token stays here
+            raise StoreRefused(f"{location.display}: not an object-store endpoint of the "
+                               "[upstream_auth] catalog; its token is not sent there")
         return str(storage_url), str(token)
 
+    def _catalog_origins(self, session: KeystoneSession) -> set[Origin]:
+        """Scheme, host and port of each object-store endpoint in the session's catalog."""
+        origins: set[Origin] = set()
+        for interface in _INTERFACES:
+            try:
+                url = session.get_endpoint(service_type="object-store", interface=interface,
+                                           region_name=self._region)
+                if url:
+                    origins.add(Origin.of(yarl.URL(str(url))))
+            except Exception:  # keystoneauth: this interface has no endpoint
+                continue
+        return origins
+
     async def _v1_handshake(self, location: SwiftLocation) -> tuple[str, str]:
+        auth = self._allow.check(location.base, location.display)
         headers = {"X-Auth-User": location.user or "", "X-Auth-Key": location.key or ""}
         try:
-            async with self._session.get(location.base, headers=headers) as response:
+            async with self._session.get(auth, headers=headers,
+                                         allow_redirects=False) as response:
+                refuse_redirect(location.display, response)
                 status = response.status
                 storage_url = response.headers.get("X-Storage-Url", "")
                 token = response.headers.get("X-Auth-Token", "")

@@ -336,7 +336,11 @@ async def _send_fill(
             if fd is not None:  # before the relay: a full disk gets the partial's blocks back
                 await cache.close_fd(fd)
         if disk_failed:
-            await _send_relayed(response, relay(sent, stop), stop - sent, outcome, on_sent)
+            try:
+                await _send_relayed(response, relay(sent, stop), stop - sent, outcome, on_sent)
+            except FillAborted:  # the relay's own bytes were wrong: the fill's never got here
+                metrics.integrity_failures.inc()
+                raise
     except (FillAborted, FileShrank, UpstreamError, UpstreamRefused) as exc:
         LOG.error("image %s: aborting the response: %s", meta.id, exc)
         outcome.settle("error")

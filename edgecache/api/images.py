@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
@@ -171,7 +170,7 @@ async def image_data(
         action = await _ask_download(service, image_id, headers, asked, facts, action)
     hit: Hit | None = None
     if action.kind is Kind.SERVE_HIT and asked.meta is not None:
-        hit = service.cache.open_hit(asked.meta)
+        hit = await service.cache.open_hit(asked.meta)
         if hit is None:  # the file vanished under us: decide as if nothing were cached
             action = decide(dataclasses.replace(facts, copy=Copy.ABSENT))
     outcome = _Outcome(request, service.metrics, action.result)
@@ -329,12 +328,13 @@ async def _perform(
         # A range of an image being fetched (typically a lower tier resuming a
         # broken body) is read from that fill, so upstream sees no second GET.
         return await _send_fill(request, meta, fill, asked.byte_range, service.metrics, outcome,
+                                cache=service.cache,
                                 relay=_relay_for(service.cache, fill, headers))
     # JOIN_FILL, START_FILL, COOLING_DOWN: the cache has the last word, now.
     grant: GrantKey = service.downloads.key(image_id, headers)
     for _ in range(_MAX_REJOINS):
         try:
-            joined = service.cache.fill_for(meta, headers)
+            joined = await service.cache.fill_for(meta, headers)
         except FillCoolingDown as exc:
             outcome.settle("error")
             return answer_for(exc)
@@ -363,6 +363,7 @@ async def _perform(
         LOG.debug("image %s: %s, %s its fill", meta.id, outcome.result,
                   "started" if started_now else "joined")
         return await _send_fill(request, meta, fill, None, service.metrics, outcome,
+                                cache=service.cache,
                                 relay=_relay_for(service.cache, fill, headers))
     return await _pass_through(request, service, path_qs, outcome)
 
@@ -378,7 +379,7 @@ def _relay_for(cache: ImageCache, fill: Fill, headers: Mapping[str, str]) -> _Re
 
 async def _send_fill(
     request: web.Request, meta: ImageMeta, fill: Fill, byte_range: ByteRange | None,
-    metrics: Metrics, outcome: _Outcome, *, relay: _Relay,
+    metrics: Metrics, outcome: _Outcome, *, cache: ImageCache, relay: _Relay,
 ) -> web.StreamResponse:
     """Stream the image (or ``byte_range`` of it) from a fill, as its bytes arrive.
 
@@ -406,12 +407,13 @@ async def _send_fill(
             outcome.settle()  # everything this response carries is readable: it counts now
         return end
 
-    fd = fill.open_reader()
+    fd: int | None = None
     result = outcome.result
     on_sent = _FirstByte(metrics, result, "cache" if result == "hit" else "upstream")
     disk_failed = False
     try:
         try:
+            fd = await fill.open_reader()  # this reader's own file offset
             await send_fd(request, fd, start, stop, readable=readable, on_sent=on_sent)
             if fill.size == 0:
                 await readable(0)
@@ -420,9 +422,14 @@ async def _send_fill(
                         meta.id, exc, sent, stop - 1)
             disk_failed = True
         finally:
-            os.close(fd)  # before the relay: a full disk gets the partial's blocks back
+            if fd is not None:  # before the relay: a full disk gets the partial's blocks back
+                await cache.close_fd(fd)
         if disk_failed:
-            await _send_relayed(response, relay(sent, stop), stop - sent, outcome, on_sent)
+            try:
+                await _send_relayed(response, relay(sent, stop), stop - sent, outcome, on_sent)
+            except FillAborted:  # the relay's own bytes were wrong: the fill's never got here
+                metrics.integrity_failures.inc()
+                raise
     except (FillAborted, FileShrank, UpstreamError, UpstreamRefused) as exc:
         LOG.error("image %s: aborting the response: %s", meta.id, exc)
         outcome.settle("error")
@@ -480,7 +487,7 @@ async def _send_hit(
         await response.write_eof()
         return response
     finally:
-        os.close(fd)
+        await cache.close_fd(fd)
 
 
 def image_response(meta: ImageMeta, byte_range: ByteRange | None) -> web.StreamResponse:

@@ -52,7 +52,9 @@ async def send_fd(
     transport = request.transport
     if transport is None or transport.is_closing():
         raise ClientGone("client went away")
-    with os.fdopen(os.dup(fd), "rb", buffering=0) as file:
+    # closefd=False: the caller owns ``fd`` and closes it off the loop (a dup's close here
+    # would be one more close on the loop; its file offset is the caller's own anyway).
+    with os.fdopen(fd, "rb", buffering=0, closefd=False) as file:
         offset = start
         while offset < stop:
             end = stop if readable is None else min(stop, await readable(offset))

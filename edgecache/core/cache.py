@@ -28,7 +28,9 @@ import dataclasses
 import logging
 import os
 from collections.abc import AsyncGenerator, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 from edgecache import metrics as m
 from edgecache.clock import SYSTEM, Clock
@@ -58,6 +60,13 @@ from edgecache.errors import (
 from edgecache.model import Entry, ImageMeta, ImageSource, same_bytes
 
 LOG = logging.getLogger(__name__)
+
+#: Threads for the cache's blocking file calls (open, fstat, close, fsync, rename,
+#: unlink, the index): the loop never makes them, and they never wait behind
+#: the loop's default pool (DNS look-ups, sendfile's fallback reads).
+DISK_THREADS = 16
+
+_T = TypeVar("_T")
 
 
 class ImageCache:
@@ -110,12 +119,15 @@ class ImageCache:
         self._written_by_ended = 0
         self._sampling: asyncio.Task[None] | None = None
         self._resample = False
+        self._disk = ThreadPoolExecutor(DISK_THREADS, thread_name_prefix="cache-disk")
+        #: images whose partial file is being created, so a second caller waits and joins
+        self._starting: dict[str, asyncio.Future[None]] = {}
 
     # -- lifecycle --------------------------------------------------------------------
 
     async def start(self) -> None:
         """Open the store, reconcile the index with the disk, start housekeeping."""
-        entries = await asyncio.to_thread(self._store.open)
+        entries = await self._in_disk(self._store.open)
         self._index.load(entries)
         LOG.info(
             "cache at %s: %d images, %d bytes (max %d)",
@@ -142,7 +154,27 @@ class ImageCache:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._sampling
         await self._flush_dirty()
-        await asyncio.to_thread(self._store.close)
+        await self._in_disk(self._store.close)
+        self._disk.shutdown(wait=False)
+
+    # -- blocking file calls, in the disk threads ---------------------------------------
+
+    def _in_disk(self, call: Callable[..., _T], *args: object) -> asyncio.Future[_T]:
+        return asyncio.get_running_loop().run_in_executor(self._disk, call, *args)
+
+    async def close_fd(self, fd: int) -> None:
+        """Close a descriptor the cache handed out, in a disk thread.
+
+        The last close of an evicted or failed multi-GiB file frees its blocks,
+        which can take hundreds of ms. Shielded: a caller cancelled meanwhile
+        still has its descriptor closed.
+        """
+        try:
+            closing = self._in_disk(os.close, fd)
+        except RuntimeError:  # the cache has stopped: no thread to hand it to
+            os.close(fd)
+            return
+        await asyncio.shield(closing)
 
     # -- the read model -----------------------------------------------------------------
 
@@ -227,7 +259,7 @@ class ImageCache:
         """Read the cache file system's free space (statvfs, in a thread: NFS may block)."""
         written = self._written_total()
         try:
-            st = await asyncio.to_thread(os.statvfs, self._store.root)
+            st = await self._in_disk(os.statvfs, self._store.root)
         except OSError as exc:
             LOG.warning("cannot read the free space of %s: %s", self._store.root, exc)
             return
@@ -265,7 +297,7 @@ class ImageCache:
 
     async def probe_write(self) -> str | None:
         """Why no file can be created in the cache directory now, or None."""
-        return await asyncio.to_thread(self._store.probe_write)
+        return await self._in_disk(self._store.probe_write)
 
     # -- hits ---------------------------------------------------------------------------
 
@@ -281,40 +313,58 @@ class ImageCache:
             self.evict_soon(meta.id)
         return self._index.get(meta.id) if copy is Copy.SAME else None
 
-    def open_hit(self, meta: ImageMeta) -> Hit | None:
-        """Open the committed copy of ``meta``'s bytes and count the access; None if gone."""
+    async def open_hit(self, meta: ImageMeta) -> Hit | None:
+        """Open the committed copy of ``meta``'s bytes and count the access; None if gone.
+
+        The caller closes :attr:`Hit.fd` with :meth:`close_fd`.
+        """
         entry = self._index.get(meta.id)
         if entry is None or not same_bytes(entry, meta):
             return None
-        fd = self._open_data(entry)
-        if fd is None:
+        opened = await self._open_data(entry)
+        if opened is None:
             return None
-        on_disk = os.fstat(fd).st_size
+        fd, on_disk = opened
         if on_disk != entry.size:  # truncated or grown under us: never serve it
-            os.close(fd)
+            await self.close_fd(fd)
             self.report_damaged(entry, f"{on_disk} bytes on disk, {entry.size} recorded")
             return None
-        self._index.touch(entry.image_id, self._clock.time())
-        self._dirty.add(entry.image_id)
+        if self._index.get(entry.image_id) is entry:  # not evicted while it was opened
+            self._index.touch(entry.image_id, self._clock.time())
+            self._dirty.add(entry.image_id)
         return Hit(_copy(entry), fd)
 
-    def open_committed(self, image_id: str) -> Hit | None:
-        """Open a committed image to re-read it (the scrubber); not an access."""
+    async def open_committed(self, image_id: str) -> Hit | None:
+        """Open a committed image to re-read it (the scrubber); not an access.
+
+        The caller closes :attr:`Hit.fd` with :meth:`close_fd`.
+        """
         entry = self._index.get(image_id)
         if entry is None:
             return None
-        fd = self._open_data(entry)
-        return None if fd is None else Hit(_copy(entry), fd)
+        opened = await self._open_data(entry)
+        return None if opened is None else Hit(_copy(entry), opened[0])
 
-    def _open_data(self, entry: Entry) -> int | None:
+    async def _open_data(self, entry: Entry) -> tuple[int, int] | None:
+        """``(fd, size on disk)`` of the entry's file, opened in a disk thread."""
+        opening = self._in_disk(_open_sized, self._store.data_path(entry.image_id))
         try:
-            return os.open(self._store.data_path(entry.image_id), os.O_RDONLY | os.O_CLOEXEC)
+            return await asyncio.shield(opening)
         except FileNotFoundError:
-            LOG.warning("image %s: its committed file is gone; dropping the entry",
-                        entry.image_id)
-            self._index.remove(entry.image_id)
-            self._publish()
+            if self._index.get(entry.image_id) is entry:
+                LOG.warning("image %s: its committed file is gone; dropping the entry",
+                            entry.image_id)
+                self._index.remove(entry.image_id)
+                self._publish()
             return None
+        except asyncio.CancelledError:
+            opening.add_done_callback(self._close_unwanted)
+            raise
+
+    def _close_unwanted(self, opening: asyncio.Future[tuple[int, int]]) -> None:
+        """The caller left while its file was being opened: close it in a disk thread."""
+        if not opening.cancelled() and opening.exception() is None:
+            self._disk.submit(os.close, opening.result()[0])
 
     # -- fairness: demand fills before prefetch fills ------------------------------------
 
@@ -347,7 +397,7 @@ class ImageCache:
         self._demand_changed()
         return fill
 
-    def fill_for(
+    async def fill_for(
         self, meta: ImageMeta, headers: Mapping[str, str], *, throttle: Throttle | None = None
     ) -> tuple[Fill, bool] | None:
         """Join the fill of exactly these bytes, or start one. ``(fill, started_now)``.
@@ -358,7 +408,12 @@ class ImageCache:
         does not fit within ``max_size`` even after evicting everything
         evictable, or a fill of other bytes of the same image is running.
         Raises FillCoolingDown while a failed fill of these bytes cools down.
+
+        The partial file is created in a disk thread; a caller that comes
+        meanwhile waits for it and joins the fill it starts.
         """
+        while (starting := self._starting.get(meta.id)) is not None:
+            await asyncio.shield(starting)
         state = self.fill_state(meta)
         if state is FillState.OTHER:
             return None
@@ -384,13 +439,23 @@ class ImageCache:
                         meta.id, size)
             return None
         # The partial first: a disk that cannot take it must not cost an eviction.
+        starting = self._starting[meta.id] = asyncio.get_running_loop().create_future()
         try:
-            partial, fd = self._store.create_partial(meta.id)
+            partial, fd = await self._create_partial(meta.id)
         except OSError as exc:
             self._metrics.disk_errors.labels(op="create").inc()
             LOG.warning("image %s: cannot create its partial file (%s); passing it through",
                         meta.id, exc)
             self._sample_disk_soon()  # a read-only remount shows in statvfs
+            return None
+        finally:
+            del self._starting[meta.id]
+            starting.set_result(None)
+        victims = self._victims_for(size)  # again: the loop ran while the file was created
+        if victims is None:
+            await self._in_disk(_discard_created, self._store, partial, fd)
+            LOG.warning("image %s (%d bytes) cannot fit in the cache; not caching it",
+                        meta.id, size)
             return None
         for victim in victims:
             self._evict_now(victim.image_id)
@@ -405,6 +470,18 @@ class ImageCache:
         self._demand_changed()
         self._publish()
         return fill, True
+
+    async def _create_partial(self, image_id: str) -> tuple[Path, int]:
+        creating = self._in_disk(self._store.create_partial, image_id)
+        try:
+            return await asyncio.shield(creating)
+        except asyncio.CancelledError:  # the caller left: the file must not stay behind
+            creating.add_done_callback(self._discard_unwanted)
+            raise
+
+    def _discard_unwanted(self, creating: asyncio.Future[tuple[Path, int]]) -> None:
+        if not creating.cancelled() and creating.exception() is None:
+            self._disk.submit(_discard_created, self._store, *creating.result())
 
     def _victims_for(self, size: int) -> list[Entry] | None:
         lru = list(self._index.lru_order())
@@ -438,7 +515,7 @@ class ImageCache:
             if removal is not None:
                 await asyncio.shield(removal)  # an older copy's removal must not hit the new one
             try:
-                await asyncio.to_thread(self._store.commit, fill.partial, fill.fd, entry)
+                await self._in_disk(self._store.commit, fill.partial, fill.fd, entry)
             except OSError:
                 LOG.exception("could not commit image %s; it stays uncached", fill.image_id)
             else:
@@ -488,7 +565,7 @@ class ImageCache:
                 del self._fill_tasks[fill.image_id]
             # Closing the last descriptor of an unlinked multi-GiB file frees its
             # blocks; that, like unlink, can block for hundreds of ms.
-            await asyncio.shield(asyncio.to_thread(self._close_partial, fill, committed))
+            await asyncio.shield(self._in_disk(self._close_partial, fill, committed))
             self._publish()
             self._sample_disk_soon()
 
@@ -518,8 +595,8 @@ class ImageCache:
         )
 
     def _close_partial(self, fill: Fill, committed: bool) -> None:
+        fill.close_fd()
         fill.close()
-        os.close(fill.fd)
         if not committed:
             self._store.discard(fill.partial)
 
@@ -564,6 +641,8 @@ class ImageCache:
         mid-rename), and what it committed is evicted; otherwise the image would
         come back after the operator removed it. False if there was nothing.
         """
+        while (starting := self._starting.get(image_id)) is not None:
+            await asyncio.shield(starting)  # a fill whose partial is being created: stop it too
         fill = self._fills.get(image_id)
         if fill is not None:
             if not fill.verified:
@@ -633,7 +712,7 @@ class ImageCache:
         if previous is not None:
             await asyncio.shield(previous)
         try:
-            await asyncio.to_thread(self._store.remove, image_id)
+            await self._in_disk(self._store.remove, image_id)
         except OSError:
             LOG.exception("could not remove the files of image %s", image_id)
         self._sample_disk_soon()
@@ -698,7 +777,7 @@ class ImageCache:
             self.check_pin_room(image_id, entry.size, promised=promised)
         if entry.pinned != pinned:
             entry.pinned = pinned
-            await asyncio.to_thread(self._store.save_entries, [entry])
+            await self._in_disk(self._store.save_entries, [entry])
         return _copy(entry)
 
     async def mark_verified(self, checked: Entry, at: float) -> bool:
@@ -710,7 +789,7 @@ class ImageCache:
         if entry is None:
             return False
         entry.extra[VERIFIED_AT] = at
-        await asyncio.to_thread(self._store.save_entries, [entry])
+        await self._in_disk(self._store.save_entries, [entry])
         return True
 
     def report_damaged(self, entry: Entry, detail: str) -> None:
@@ -759,12 +838,28 @@ class ImageCache:
             return
         entries = [e for i in self._dirty if (e := self._index.get(i)) is not None]
         self._dirty.clear()
-        await asyncio.to_thread(self._store.save_entries, entries)
+        await self._in_disk(self._store.save_entries, entries)
 
     def _publish(self) -> None:
         self._metrics.cache_size.set(self._index.total_bytes)
         self._metrics.cache_images.set(len(self._index))
         self._metrics.cache_max_size.set(self._max_size)
+
+
+def _open_sized(path: Path) -> tuple[int, int]:
+    """Open a committed file read-only: ``(fd, its size)`` (blocking)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return fd, os.fstat(fd).st_size
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _discard_created(store: DiskStore, partial: Path, fd: int) -> None:
+    """Drop a partial file no fill took over (blocking)."""
+    os.close(fd)
+    store.discard(partial)
 
 
 def _copy(entry: Entry) -> Entry:

@@ -8,7 +8,7 @@ Layout under the cache root::
 
 Commit is fsync(file) -> rename into data/ -> fsync(data/) -> index row, so after
 a crash every indexed image is whole, and a file without a row is removed at the
-next start. Every method blocks: call it through ``asyncio.to_thread``.
+next start. Every method blocks: the cache calls it in its disk threads.
 """
 
 from __future__ import annotations
@@ -77,8 +77,9 @@ class DiskStore:
     def create_partial(self, image_id: str) -> tuple[Path, int]:
         """A new, private partial file for a fill, open for writing and reading.
 
-        Readers of the fill ``dup`` this descriptor, so they keep reading the
-        same inode after the rename and even after an eviction unlinks it.
+        Readers of the fill reopen this descriptor (``/proc/self/fd``), so they
+        keep reading the same inode after the rename and even after an eviction
+        unlinks it.
         """
         path = self.incomplete_dir / f"{image_id}.{secrets.token_hex(6)}"
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)

@@ -102,6 +102,8 @@ class Fill:
         self._hasher = hashlib.new(self.expected[0]) if self.expected else None
         self._writer = ThreadPoolExecutor(1, thread_name_prefix=f"write-{self.image_id[:8]}")
         self._hashing = ThreadPoolExecutor(1, thread_name_prefix=f"hash-{self.image_id[:8]}")
+        #: set in the writer thread when :attr:`fd` is closed (no reader may reopen it then)
+        self._fd_closed = False
         self.verified = False
         self.error: BaseException | None = None
         self.stalled = False
@@ -159,9 +161,42 @@ class Fill:
                 return offset, state.copy()
         return 0, hashlib.new(self.expected[0])
 
-    def open_reader(self) -> int:
-        """A private descriptor of the partial file for one reader (caller closes it)."""
-        return os.dup(self.fd)
+    async def open_reader(self) -> int:
+        """One reader's own open file description of the partial file (the caller closes it).
+
+        Its own, not a ``dup`` of :attr:`fd`: descriptors of one description share
+        the file offset, and asyncio's sendfile fallback (TLS, a file system without
+        ``sendfile``) reads at that offset, so two readers would mix their bytes.
+        Reopened through ``/proc/self/fd`` (proc(5)), it is the inode being filled
+        even after the rename into ``data/`` or an unlink. Opened in the writer
+        thread, never on the loop; :meth:`close_fd` queues behind it there, so
+        the number cannot be reused under an open.
+        """
+        loop = asyncio.get_running_loop()
+        try:
+            opening = loop.run_in_executor(self._writer, self._reopen)
+        except RuntimeError as exc:  # the writer is shut down: the fill has ended
+            raise FillAborted(f"fill of {self.image_id} has ended") from exc
+        try:
+            return await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            opening.add_done_callback(_close_unwanted)
+            raise
+
+    def _reopen(self) -> int:
+        if self._fd_closed:
+            raise FillAborted(f"fill of {self.image_id} has ended")
+        return os.open(f"/proc/self/fd/{self.fd}", os.O_RDONLY | os.O_CLOEXEC)
+
+    def close_fd(self) -> None:
+        """Close :attr:`fd` once every reader's open queued before has run (blocking: the
+        last close of a big unlinked file frees its blocks; call it in a thread)."""
+
+        def close() -> None:
+            self._fd_closed = True
+            os.close(self.fd)
+
+        self._writer.submit(close).result()
 
     # -- the writer's side ----------------------------------------------------------
 
@@ -370,6 +405,12 @@ async def _drain(futures: deque[asyncio.Future[None]], keep: int) -> None:
     """Await the oldest futures until at most ``keep`` remain (finished ones too)."""
     while futures and (len(futures) > keep or futures[0].done()):
         await futures.popleft()
+
+
+def _close_unwanted(opening: asyncio.Future[int]) -> None:
+    """A reader left while its descriptor was being opened: close it, off the loop."""
+    if not opening.cancelled() and opening.exception() is None:
+        _ = asyncio.get_running_loop().run_in_executor(None, os.close, opening.result())
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:

@@ -406,11 +406,14 @@ class Prefetcher:
         if self._items.get(image_id) is not item:
             return  # unqueued while Glance was asked: start nothing
         try:
-            joined = self.cache.fill_for(
+            joined = await self.cache.fill_for(
                 meta, headers, throttle=_PacedFill(self.bucket, self.cache, self._clock)
             )
         except FillCoolingDown as exc:
             await self._retry(item, str(exc))
+            return
+        if joined is not None and self._items.get(image_id) is not item:
+            self.cache.cancel_prefetch(image_id)  # unqueued while its file was created
             return
         if joined is None:
             why = "its size is unknown" if meta.size is None else (

@@ -128,14 +128,14 @@ class Scrubber:
     async def check(self, entry: Entry, bucket: TokenBucket | None = None) -> Verdict:
         """Hash the committed file of ``entry``; evict it if it no longer matches."""
         image_id = entry.image_id
-        opened = self.cache.open_committed(image_id)
+        opened = await self.cache.open_committed(image_id)
         if opened is None:
             return await self._corrupt(entry, "the file is missing")
         fd = opened.fd
         try:
             expected = strongest_hash(entry)
             hasher = hashlib.new(expected[0]) if expected else None
-            on_disk = os.fstat(fd).st_size
+            on_disk = (await asyncio.to_thread(os.fstat, fd)).st_size
             read = 0
             if bucket is None:
                 read = await asyncio.to_thread(_hash_range, fd, hasher, 0, entry.size)
@@ -148,7 +148,7 @@ class Scrubber:
                         break
                     await bucket.take(got)
         finally:
-            os.close(fd)
+            await self.cache.close_fd(fd)
         if opened.entry.committed_at != entry.committed_at:
             return Verdict(image_id, "gone", entry.size)
         if on_disk != entry.size or read != entry.size:

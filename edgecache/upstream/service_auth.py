@@ -9,6 +9,7 @@ supplies one; with noauth there is none to send.
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Protocol
 
 from edgecache.errors import UpstreamError
@@ -30,16 +31,24 @@ class NoCredentials:
         return {}
 
 
+#: Threads that may wait on Keystone for [upstream_auth] tokens. Their own, never
+#: the loop's default pool: a hung Keystone then holds these, not the threads that
+#: commit images, answer the health check or read for sendfile's fallback.
+KEYSTONE_THREADS = 2
+
+
 class KeystoneCredentials:
     """A service token from a keystoneauth1 session, renewed by the session before expiry."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, *, threads: int = KEYSTONE_THREADS) -> None:
         self._session = session
+        self._threads = ThreadPoolExecutor(threads, thread_name_prefix="upstream-auth")
 
     async def headers(self) -> dict[str, str]:
+        loop = asyncio.get_running_loop()
         try:
             # Blocking (requests): it may call Keystone for a new token.
-            headers = await asyncio.to_thread(self._session.get_auth_headers)
+            headers = await loop.run_in_executor(self._threads, self._session.get_auth_headers)
         except Exception as exc:  # keystoneauth raises many unrelated types
             raise UpstreamError(f"no token from [upstream_auth]: {exc}", reason="connect") from exc
         if not headers:

@@ -239,6 +239,7 @@ async def test_a_relay_of_wrong_bytes_is_cut_never_clean(
     assert edge.data_files() == {}
     # it was the relay that was cut: the disk failed first, the rest was asked for
     assert edge.sample("edgecache_cache_disk_errors_total", op="write") == 1
+    assert edge.sample("edgecache_integrity_failures_total") == 1  # the relay's, counted
     ranges = [r.range for r in faulty_glance.requests if r.path == file_path(image_id)]
     assert len(ranges) == 2
     assert ranges[0] is None

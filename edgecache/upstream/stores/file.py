@@ -36,9 +36,10 @@ class FileBody:
             yield piece
 
     def close(self) -> None:
+        """Close the file in a thread: on NFS a close flushes and may wait on the server."""
         fd, self._fd = self._fd, None
         if fd is not None:
-            os.close(fd)
+            _ = asyncio.get_running_loop().run_in_executor(None, os.close, fd)
 
 
 class FileStore:
@@ -56,21 +57,24 @@ class FileStore:
     async def open(self, url: str, offset: int = 0) -> ImageBody:
         path = await asyncio.to_thread(self._allow.check_file, url, url)
         try:
+            # open, fstat and close in a thread: on NFS each may wait on the server;
             # O_NOFOLLOW: the checked real path must not turn into a symlink meanwhile
-            fd = await asyncio.to_thread(
-                os.open, path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
-            )
+            fd, size = await asyncio.to_thread(_open_sized, path)
         except FileNotFoundError as exc:
             raise NotFound(f"{url}: no such file") from exc
         except OSError as exc:
             raise UpstreamError(f"{url}: {exc}", reason="store") from exc
-        try:
-            size = os.fstat(fd).st_size
-        except OSError as exc:
-            os.close(fd)
-            raise UpstreamError(f"{url}: {exc}", reason="store") from exc
         if offset > size:
-            os.close(fd)
+            await asyncio.to_thread(os.close, fd)
             raise UpstreamError(f"{url}: offset {offset} beyond its {size} bytes",
                                 reason="store")
         return FileBody(fd, offset, size - offset)
+
+
+def _open_sized(path: str) -> tuple[int, int]:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        return fd, os.fstat(fd).st_size
+    except BaseException:
+        os.close(fd)
+        raise

@@ -34,6 +34,7 @@ import asyncio
 import logging
 import re
 import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import aiohttp
@@ -43,6 +44,7 @@ from keystoneauth1.session import Session as KeystoneSession
 from edgecache.errors import UpstreamError
 from edgecache.model import ImageBody
 from edgecache.upstream.body import store_body
+from edgecache.upstream.service_auth import KEYSTONE_THREADS
 from edgecache.upstream.stores.allow import Origin, StoreAllowlist, StoreRefused, refuse_redirect
 
 #: catalog interfaces whose object-store endpoints count as the session's own Swift
@@ -125,6 +127,9 @@ class SwiftStore:
         self._allow = allow
         self._interface = interface
         self._region = region
+        self._keystone_threads = ThreadPoolExecutor(
+            KEYSTONE_THREADS, thread_name_prefix="swift-auth"
+        )
         #: v1 handshakes: (auth address, user) -> (storage URL, token)
         self._v1_tokens: dict[tuple[str, str], tuple[str, str]] = {}
 
@@ -169,7 +174,10 @@ class SwiftStore:
                 f"{location.display}: Keystone-authenticated Swift needs [upstream_auth]",
                 reason="store",
             )
-        return await asyncio.to_thread(self._keystone_credentials, location)
+        # Its own threads, never the loop's default pool (see service_auth.KEYSTONE_THREADS).
+        return await asyncio.get_running_loop().run_in_executor(
+            self._keystone_threads, self._keystone_credentials, location
+        )
 
     def _keystone_credentials(self, location: SwiftLocation) -> tuple[str, str]:
         """The storage URL and the session's token, only if that URL is the session's Swift.

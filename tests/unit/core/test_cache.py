@@ -115,14 +115,14 @@ async def fetched(setup: Setup, image_id: str, data: bytes) -> ImageMeta:
     """Fill ``data`` as image ``image_id`` and wait for its commit."""
     setup.source.images[image_id] = data
     meta = record(image_id, data)
-    joined = setup.cache.fill_for(meta, {})
+    joined = await setup.cache.fill_for(meta, {})
     assert joined is not None
     assert await setup.cache.wait_fill(joined[0])
     return meta
 
 
-def read_hit(cache: ImageCache, meta: ImageMeta) -> bytes:
-    hit = cache.open_hit(meta)
+async def read_hit(cache: ImageCache, meta: ImageMeta) -> bytes:
+    hit = await cache.open_hit(meta)
     assert hit is not None
     try:
         return os.pread(hit.fd, (meta.size or 0) + 1, 0)
@@ -135,7 +135,7 @@ async def test_a_fill_commits_and_then_hits(setup: Setup) -> None:
     meta = await fetched(setup, "a", data)
 
     assert setup.cache.copy_of(meta) is Copy.SAME
-    assert read_hit(setup.cache, meta) == data
+    assert await read_hit(setup.cache, meta) == data
     entry = setup.cache.entry("a")
     assert entry is not None and entry.hits == 1 and entry.size == len(data)
     usage = setup.cache.usage()
@@ -149,8 +149,8 @@ async def test_concurrent_fill_requests_share_one_fill(setup: Setup) -> None:
     setup.source.hold = asyncio.Event()
     meta = record("a", data)
 
-    first = setup.cache.fill_for(meta, {})
-    second = setup.cache.fill_for(meta, {})
+    first = await setup.cache.fill_for(meta, {})
+    second = await setup.cache.fill_for(meta, {})
     assert first is not None and second is not None
     assert first[0] is second[0] and (first[1], second[1]) == (True, False)
     assert setup.cache.fill_state(meta) is FillState.RUNNING
@@ -162,12 +162,46 @@ async def test_concurrent_fill_requests_share_one_fill(setup: Setup) -> None:
     assert setup.cache.usage().reserved == 0
 
 
+async def test_callers_arriving_while_the_partial_is_created_join_its_fill(
+    setup: Setup,
+) -> None:
+    """The partial file is created in a thread; the loop serves others meanwhile."""
+    data = os.urandom(8 * KiB)
+    setup.source.images["a"] = data
+    setup.source.hold = asyncio.Event()
+    meta = record("a", data)
+
+    joined = await asyncio.gather(*(setup.cache.fill_for(meta, {}) for _ in range(5)))
+    fills = {id(j[0]) for j in joined if j is not None}
+    assert len(fills) == 1
+    assert sorted(j[1] for j in joined if j is not None) == [False] * 4 + [True]
+    assert len(list((setup.cache.directory / "incomplete").iterdir())) == 1
+    setup.source.hold.set()
+    assert joined[0] is not None and await setup.cache.wait_fill(joined[0][0])
+
+
+async def test_a_purge_while_the_partial_is_created_stops_that_fill(setup: Setup) -> None:
+    """Else the image would be committed after the operator removed it."""
+    data = os.urandom(8 * KiB)
+    setup.source.images["a"] = data
+    meta = record("a", data)
+
+    starting = asyncio.create_task(setup.cache.fill_for(meta, {}))
+    await asyncio.sleep(0)  # it has asked a disk thread for the partial
+    assert await setup.cache.purge("a")
+    joined = await starting
+    assert joined is not None
+    assert not await setup.cache.wait_fill(joined[0])
+    assert not setup.cache.holds("a")
+    assert setup.cache.usage().reserved == 0
+
+
 async def test_a_changed_record_is_never_served_from_the_old_copy(setup: Setup) -> None:
     meta = await fetched(setup, "a", os.urandom(4 * KiB))
     changed = replace(meta, os_hash_value="0" * 128)
 
     assert setup.cache.copy_of(changed) is Copy.CHANGED
-    assert setup.cache.open_hit(changed) is None
+    assert await setup.cache.open_hit(changed) is None
     assert setup.cache.committed(changed) is None  # and it is evicted
     assert not setup.cache.is_committed("a")
 
@@ -177,12 +211,12 @@ async def test_a_fill_of_other_bytes_is_neither_joined_nor_replaced(setup: Setup
     setup.source.images["a"] = data
     setup.source.hold = asyncio.Event()
     meta = record("a", data)
-    started = setup.cache.fill_for(meta, {})
+    started = await setup.cache.fill_for(meta, {})
     assert started is not None
     other = replace(meta, os_hash_value="f" * 128)
 
     assert setup.cache.fill_state(other) is FillState.OTHER
-    assert setup.cache.fill_for(other, {}) is None
+    assert await setup.cache.fill_for(other, {}) is None
     assert setup.cache.fill_in_progress(other) is None
     setup.source.hold.set()
     await setup.cache.wait_fill(started[0])
@@ -192,7 +226,7 @@ async def test_admission_evicts_least_recently_used_but_never_pinned(setup: Setu
     old = await fetched(setup, "old", os.urandom(24 * KiB))
     pinned = await fetched(setup, "pinned", os.urandom(24 * KiB))
     await setup.cache.pin("pinned")
-    read_hit(setup.cache, old)  # old is now the most recently used, but pinned can't go
+    await read_hit(setup.cache, old)  # old is now the most recently used, but pinned can't go
 
     await fetched(setup, "new", os.urandom(30 * KiB))
 
@@ -201,7 +235,7 @@ async def test_admission_evicts_least_recently_used_but_never_pinned(setup: Setu
     assert setup.count("edgecache_cache_evictions_total") == 1
     assert setup.cache.usage().pinned == pinned.size
     assert not setup.cache.can_admit(48 * KiB)  # only the unpinned 30 KiB could go
-    assert setup.cache.fill_for(record("huge", os.urandom(65 * KiB)), {}) is None
+    assert await setup.cache.fill_for(record("huge", os.urandom(65 * KiB)), {}) is None
 
 
 async def test_pins_must_fit_within_max_size(setup: Setup) -> None:
@@ -220,7 +254,7 @@ async def test_wrong_bytes_cool_the_image_down_until_the_cooldown_ends(setup: Se
     data = os.urandom(8 * KiB)
     setup.source.images["a"] = os.urandom(8 * KiB)  # not what the record's hash says
     meta = record("a", data)
-    joined = setup.cache.fill_for(meta, {})
+    joined = await setup.cache.fill_for(meta, {})
     assert joined is not None
     assert not await setup.cache.wait_fill(joined[0])
     assert isinstance(joined[0].error, ChecksumMismatch)
@@ -231,14 +265,14 @@ async def test_wrong_bytes_cool_the_image_down_until_the_cooldown_ends(setup: Se
     assert cooling is not None and cooling.retry_after(setup.clock.monotonic()) == \
         pytest.approx(0.1)
     with pytest.raises(FillCoolingDown):
-        setup.cache.fill_for(meta, {})
+        await setup.cache.fill_for(meta, {})
     # a record of other bytes (the image was fixed upstream) is not cooled down
     assert setup.cache.cooldown(replace(meta, os_hash_value="e" * 128)) is None
 
     await setup.clock.advance(0.1)
     assert setup.cache.cooldown(meta) is None
     setup.source.images["a"] = data
-    again = setup.cache.fill_for(meta, {})
+    again = await setup.cache.fill_for(meta, {})
     assert again is not None and again[1]
     assert await setup.cache.wait_fill(again[0])
     assert setup.source.opened == ["a", "a"]
@@ -249,14 +283,14 @@ async def test_one_callers_refusal_cools_nothing_down(setup: Setup) -> None:
     setup.source.images["a"] = data
     setup.source.refuse = 403
     meta = record("a", data)
-    joined = setup.cache.fill_for(meta, {})
+    joined = await setup.cache.fill_for(meta, {})
     assert joined is not None
     assert not await setup.cache.wait_fill(joined[0])
 
     assert isinstance(joined[0].error, UpstreamRefused)
     assert setup.cache.cooldown(meta) is None
     setup.source.refuse = None
-    assert setup.cache.fill_for(meta, {}) is not None
+    assert await setup.cache.fill_for(meta, {}) is not None
 
 
 async def test_a_fill_without_progress_is_abandoned_after_stall_time(setup: Setup) -> None:
@@ -264,7 +298,7 @@ async def test_a_fill_without_progress_is_abandoned_after_stall_time(setup: Setu
     setup.source.images["a"] = data
     setup.source.hold = asyncio.Event()  # half the body arrives, then nothing
     meta = record("a", data)
-    joined = setup.cache.fill_for(meta, {})
+    joined = await setup.cache.fill_for(meta, {})
     assert joined is not None
     fill = joined[0]
     await fill.wait_readable(0)
@@ -334,7 +368,7 @@ async def test_cancelling_a_prefetch_leaves_live_fills_alone(setup: Setup) -> No
     data = os.urandom(8 * KiB)
     setup.source.images["a"] = data
     setup.source.hold = asyncio.Event()
-    live = setup.cache.fill_for(record("a", data), {})
+    live = await setup.cache.fill_for(record("a", data), {})
     assert live is not None
 
     assert not setup.cache.cancel_prefetch("a")  # no throttle: a live caller's fill
@@ -374,7 +408,7 @@ async def test_a_verified_fill_is_never_cancelled_mid_commit(tmp_path: Path) -> 
     cache = ImageCache(store, source, max_size=64 * KiB, clock=FakeClock())
     await cache.start()
     try:
-        joined = cache.fill_for(record("a", data), {}, throttle=Unthrottled())
+        joined = await cache.fill_for(record("a", data), {}, throttle=Unthrottled())
         assert joined is not None
         await asyncio.to_thread(store.entered.wait, 10)
         assert joined[0].verified

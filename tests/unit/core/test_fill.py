@@ -392,12 +392,38 @@ async def test_a_reader_going_away_does_not_strand_the_others(files: Files) -> N
 async def test_open_reader_is_a_private_descriptor_of_the_partial(files: Files) -> None:
     fill = files.fill(image())
     await fill.pump(ListBody([DATA]))
-    fd = fill.open_reader()
+    fd = await fill.open_reader()
     try:
         assert fd != fill.fd
         assert os.pread(fd, 10, 0) == DATA[:10]
     finally:
         os.close(fd)
+
+
+async def test_each_reader_has_its_own_file_offset(files: Files) -> None:
+    """Not a dup: asyncio's sendfile fallback reads at the description's offset."""
+    fill = files.fill(image())
+    await fill.pump(ListBody([DATA]))
+    first, second = await fill.open_reader(), await fill.open_reader()
+    try:
+        os.lseek(first, 10, os.SEEK_SET)
+        assert os.read(second, 5) == DATA[:5]
+        assert os.read(first, 5) == DATA[10:15]
+    finally:
+        os.close(first)
+        os.close(second)
+
+
+async def test_no_reader_opens_the_partial_once_its_descriptor_is_closed(files: Files) -> None:
+    """The number may belong to another file by then."""
+    fill = files.fill(image())
+    await asyncio.to_thread(fill.close_fd)
+    files.fds.remove(fill.fd)
+    with pytest.raises(FillAborted):
+        await fill.open_reader()
+    fill.close()
+    with pytest.raises(FillAborted):
+        await fill.open_reader()
 
 
 # -- starting and failing -----------------------------------------------------------

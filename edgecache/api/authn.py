@@ -22,6 +22,7 @@ from aiohttp import web
 
 from edgecache.access.tokens import AuthRejected, Identity, KeystoneValidator
 from edgecache.api.errors import ROUTE_KEY
+from edgecache.api.target import request_target
 
 VALIDATOR_KEY = web.AppKey("edgecache.token_validator", KeystoneValidator)
 IDENTITY_KEY = web.RequestKey("edgecache.identity", Identity)
@@ -41,7 +42,7 @@ def needs_token(raw_path: str) -> bool:
 async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Validate the caller's token (keystone mode) before any handler runs."""
     validator = request.app.get(VALIDATOR_KEY)
-    raw_path = request.rel_url.raw_path
+    raw_path, _ = request_target(request)  # the path the router will serve
     if validator is None or not needs_token(raw_path):
         return await handler(request)
     try:

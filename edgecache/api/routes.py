@@ -29,6 +29,7 @@ from edgecache.api.errors import (
     error_response,
     request_id_for,
 )
+from edgecache.api.target import request_target
 from edgecache.model import image_id_of
 
 SERVICE_KEY = web.AppKey("edgecache.service", images.ImageService)
@@ -48,7 +49,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         # RFC 9112 §3.2: a request target has no fragment; yarl would drop it and
         # a different path would reach Glance than the one the client sent.
         return error_response(400, "A request target cannot carry a fragment.")
-    raw_path, query = _target(request)
+    raw_path, query = request_target(request)
     segments = unquote(raw_path).split("/")
     if any(segment in (".", "..") for segment in segments):
         return error_response(404, "The resource could not be found.")
@@ -92,21 +93,6 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
             service.metadata.forget(image_id)
             service.cache.evict_soon(image_id)
     return response
-
-
-def _target(request: web.Request) -> tuple[str, str]:
-    """The path and query exactly as the client sent them (still percent-encoded).
-
-    ``request.rel_url`` is yarl's normalised form, which decodes ``%3F`` in a
-    query to ``?`` and ``%7E`` to ``~``: Glance must see the bytes the client
-    sent. An absolute-form target (``GET http://host/v2/...``) keeps only its
-    path and query, as RFC 9112 §3.2.2 has a server do.
-    """
-    target = request.raw_path
-    if not target.startswith("/"):
-        return request.rel_url.raw_path, request.rel_url.raw_query_string
-    path, _, query = target.partition("?")
-    return path, query
 
 
 async def _forward(

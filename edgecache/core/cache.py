@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import inspect
 import logging
 import os
 from collections.abc import AsyncGenerator, Callable, Mapping
@@ -631,7 +632,14 @@ class ImageCache:
         task = self._fill_tasks.get(image_id)
         if task is None or task.done():
             return False
-        task.cancel()
+        coro = task.get_coro()
+        if inspect.iscoroutine(coro) and inspect.getcoroutinestate(coro) == inspect.CORO_CREATED:
+            # Cancelled before its first step, a task never enters _run_fill, whose
+            # `finally` unregisters the fill: it would be listed for ever. Its first
+            # step is already scheduled; cancel it right after that.
+            asyncio.get_running_loop().call_soon(task.cancel)
+        else:
+            task.cancel()
         return True
 
     async def purge(self, image_id: str) -> bool:

@@ -420,3 +420,20 @@ async def test_a_verified_fill_is_never_cancelled_mid_commit(tmp_path: Path) -> 
     finally:
         store.release.set()
         await cache.stop()
+
+
+async def test_a_prefetch_cancelled_right_after_it_started_is_not_listed_for_ever(
+    setup: Setup,
+) -> None:
+    """The operator unqueues an image the moment its fill was registered (before the
+    fill's task ran a step): the fill ends, its reservation goes, it is not listed."""
+    data = os.urandom(8 * KiB)
+    setup.source.images["a"] = data
+    joined = await setup.cache.fill_for(record("a", data), {}, throttle=Unthrottled())
+    assert joined is not None
+    assert setup.cache.cancel_prefetch("a")
+    assert not await setup.cache.wait_fill(joined[0])
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert setup.cache.fills() == []
+    assert setup.cache.usage().reserved == 0

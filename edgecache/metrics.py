@@ -81,7 +81,8 @@ class Metrics:
         )
         self.integrity_failures = Counter(
             "edgecache_integrity_failures",
-            "Fills discarded because the bytes did not match the image's hash or size.",
+            "Fills discarded, or relayed responses cut, because the bytes did not match the "
+            "image's hash or size.",
             registry=r,
         )
         self.disk_errors = Counter(

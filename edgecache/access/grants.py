@@ -33,11 +33,11 @@ make one caller many (or many callers one).
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from collections.abc import Mapping
 from typing import Protocol
 
+from edgecache.access.singleflight import SingleFlight
 from edgecache.access.ttlmap import TTLMap
 from edgecache.clock import SYSTEM, Clock
 from edgecache.errors import UpstreamRefused
@@ -97,8 +97,6 @@ class MetadataCache:
         self._credential_headers = credential_headers
         self.ttl = ttl
         self.offline_ttl = offline_ttl
-        self._ttl = ttl
-        self._offline_ttl = offline_ttl
         self._clock = clock
         #: (image id, generation, credentials key) -> what Glance said, for ``ttl``
         self._answers: TTLMap[tuple[str, int, str], ImageMeta] = TTLMap(
@@ -108,7 +106,7 @@ class MetadataCache:
         self._grants: TTLMap[tuple[str, int, str], ImageMeta] = TTLMap(
             ttl=offline_ttl, max_size=max_grants, clock=clock
         )
-        self._in_flight: dict[tuple[str, int, str], asyncio.Future[ImageMeta]] = {}
+        self._in_flight: SingleFlight[GrantKey, ImageMeta] = SingleFlight()
         # Bumped to forget an image: old keys simply stop matching and expire.
         self._generation: dict[str, int] = {}
 
@@ -123,29 +121,21 @@ class MetadataCache:
         cached = self._answers.get(key)
         if cached is not None:
             return cached
-        pending = self._in_flight.get(key)
-        if pending is None:
-            # A task of its own: a caller that goes away must not cancel the
-            # lookup other callers are waiting on.
-            pending = asyncio.ensure_future(self._lookup(key, dict(headers)))
-            self._in_flight[key] = pending
-        return await asyncio.shield(pending)
+        asked = dict(headers)
+        return await self._in_flight.run(key, lambda: self._lookup(key, asked))
 
-    async def _lookup(self, key: tuple[str, int, str], headers: dict[str, str]) -> ImageMeta:
+    async def _lookup(self, key: GrantKey, headers: dict[str, str]) -> ImageMeta:
         try:
-            try:
-                meta = await self._source.image_metadata(key[0], headers)
-            except UpstreamRefused:
-                # The latest word: a later outage must not resurrect an older grant.
-                self._grants.pop(key)
-                raise
-            # Under the generation asked about: if the image was forgotten
-            # meanwhile, these keys no longer match and the answer is not reused.
-            self._grants.set(key, meta)
-            self._answers.set(key, meta)
-            return meta
-        finally:
-            del self._in_flight[key]
+            meta = await self._source.image_metadata(key[0], headers)
+        except UpstreamRefused:
+            # The latest word: a later outage must not resurrect an older grant.
+            self._grants.pop(key)
+            raise
+        # Under the generation asked about: if the image was forgotten
+        # meanwhile, these keys no longer match and the answer is not reused.
+        self._grants.set(key, meta)
+        self._answers.set(key, meta)
+        return meta
 
     def forget(self, image_id: str) -> None:
         """Stop reusing any answer about an image (it was deleted or changed)."""
@@ -189,7 +179,7 @@ class DownloadGrants:
         self._grants: TTLMap[GrantKey, bool] = TTLMap(
             ttl=metadata.offline_ttl, max_size=max_grants, clock=clock
         )
-        self._in_flight: dict[GrantKey, asyncio.Future[None]] = {}
+        self._in_flight: SingleFlight[GrantKey, None] = SingleFlight()
 
     def key(self, image_id: str, headers: Mapping[str, str]) -> GrantKey:
         return self._metadata.key(image_id, headers)
@@ -200,23 +190,16 @@ class DownloadGrants:
         key = self.key(image_id, headers)
         if self._answers.get(key):
             return
-        pending = self._in_flight.get(key)
-        if pending is None:
-            # Its own task: a caller that leaves must not cancel the others' probe.
-            pending = asyncio.ensure_future(self._probe(key, dict(headers)))
-            self._in_flight[key] = pending
-        await asyncio.shield(pending)
+        asked = dict(headers)
+        await self._in_flight.run(key, lambda: self._probe(key, asked))
 
     async def _probe(self, key: GrantKey, headers: dict[str, str]) -> None:
         try:
-            try:
-                await self._source.may_download(key[0], headers)
-            except UpstreamRefused:
-                self.refused(key)
-                raise
-            self.note(key)
-        finally:
-            del self._in_flight[key]
+            await self._source.may_download(key[0], headers)
+        except UpstreamRefused:
+            self.refused(key)
+            raise
+        self.note(key)
 
     def note(self, key: GrantKey) -> None:
         """Glance let this caller's own data GET through (a fill it started): a grant."""

@@ -423,7 +423,7 @@ async def _send_fill(
             disk_failed = True
         finally:
             if fd is not None:  # before the relay: a full disk gets the partial's blocks back
-                await cache.close_fd(fd)
+                cache.release_fd(fd)
         if disk_failed:
             try:
                 await _send_relayed(response, relay(sent, stop), stop - sent, outcome, on_sent)
@@ -487,7 +487,7 @@ async def _send_hit(
         await response.write_eof()
         return response
     finally:
-        await cache.close_fd(fd)
+        cache.release_fd(fd)
 
 
 def image_response(meta: ImageMeta, byte_range: ByteRange | None) -> web.StreamResponse:

@@ -177,6 +177,17 @@ class ImageCache:
             return
         await asyncio.shield(closing)
 
+    def release_fd(self, fd: int) -> None:
+        """Queue the close of a descriptor in a disk thread, without waiting for it.
+
+        For a response whose last byte is out: an await there would give a
+        client that hangs up at once the chance to cancel a finished response.
+        """
+        try:
+            self._disk.submit(os.close, fd)
+        except RuntimeError:  # the cache has stopped
+            os.close(fd)
+
     # -- the read model -----------------------------------------------------------------
 
     @property

@@ -20,6 +20,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import prometheus_client
 from aiohttp import web
@@ -221,20 +222,25 @@ def run(settings: Settings, conf: cfg.ConfigOpts | None = None) -> None:
     asyncio.run(_serve(settings, conf))
 
 
+def runner_options(settings: Settings) -> dict[str, Any]:
+    """How aiohttp serves the app (the tests' servers take the same)."""
+    return {
+        "access_log_class": AccessLogger,
+        # A client that goes away cancels its handler: a fill it started goes on.
+        "handler_cancellation": True,
+        "shutdown_timeout": settings.shutdown_timeout,
+        # Also the limit for a request's headers to arrive: aiohttp closes a
+        # connection still waiting for a complete request when it expires.
+        "keepalive_timeout": settings.client_socket_timeout,
+    }
+
+
 async def _serve(settings: Settings, conf: cfg.ConfigOpts | None = None) -> None:
     app = make_app(settings)
     # aiohttp's own graceful stop is the drain: close the listening socket, close
     # idle keep-alive connections, wait up to shutdown_timeout for running
     # handlers, cancel the rest, then run the cleanup_ctx (the cache stops).
-    runner = web.AppRunner(
-        app,
-        access_log_class=AccessLogger,
-        handler_cancellation=True,
-        shutdown_timeout=settings.shutdown_timeout,
-        # Also the limit for a request's headers to arrive: aiohttp closes a
-        # connection still waiting for a complete request when it expires.
-        keepalive_timeout=settings.client_socket_timeout,
-    )
+    runner = web.AppRunner(app, **runner_options(settings))
     _raise_open_files_limit()
     await runner.setup()
     watchdog: asyncio.Task[None] | None = None

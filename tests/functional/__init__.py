@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 from multidict import CIMultiDictProxy
 from prometheus_client.parser import text_string_to_metric_families
 from pytest_aiohttp import AiohttpClient
@@ -27,7 +27,7 @@ from pytest_aiohttp import AiohttpClient
 from edgecache.api.routes import SERVICE_KEY
 from edgecache.clock import SYSTEM
 from edgecache.core.cache import ImageCache
-from edgecache.daemon.app import METRICS_KEY, make_app
+from edgecache.daemon.app import METRICS_KEY, make_app, runner_options
 from edgecache.daemon.config import CacheSettings, Settings, UpstreamSettings
 from edgecache.metrics import Metrics
 from lab.polling import wait_until_async
@@ -223,6 +223,12 @@ async def start_edgecache(
 
     With ``clock``, every rule of the app runs on that fake clock.
     """
-    app = make_app(settings(root, endpoints, **options), clock=clock or SYSTEM)
-    client = await aiohttp_client(app)
+    chosen = settings(root, endpoints, **options)
+    app = make_app(chosen, clock=clock or SYSTEM)
+    server = TestServer(app)
+    # As the daemon serves it (aiohttp's test server always cancels handlers).
+    options = runner_options(chosen)
+    options.pop("handler_cancellation")
+    await server.start_server(**options)
+    client: TestClient[web.Request, web.Application] = await aiohttp_client(server)  # type: ignore[assignment]
     return Edge(client=client, app=app, root=root, clock=clock)

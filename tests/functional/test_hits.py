@@ -6,15 +6,20 @@ See docs/behaviour.md#hits and docs/behaviour.md#eviction.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import select
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 from pytest_aiohttp import AiohttpClient
 
+from edgecache.api import images as images_api
+from edgecache.core.cache import DISK_THREADS
 from lab.units import MiB
 from tests.functional import Edge, eventually, file_path, read_body, sha512, start_edgecache
 from tests.support.faultyglance import FaultyGlance
@@ -340,3 +345,49 @@ async def test_a_64_character_request_id_reaches_glance_within_its_limit(
     sent = [r.headers.get("x-openstack-request-id") for r in fg.requests
             if r.path.startswith(f"/v2/images/{image_id}")]
     assert sent and all(value == caller_id for value in sent), sent
+
+
+async def test_a_client_that_hangs_up_after_the_last_byte_is_logged_as_served(
+    edge: Edge, faulty_glance: FaultyGlance, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nova closes its connection as soon as it has Content-Length bytes: that is a 200.
+
+    The descriptor's close is queued behind busy disk threads here; had the
+    handler waited for it, the hang-up would cancel a finished response (499).
+    """
+    data = os.urandom(MiB)
+    image_id = faulty_glance.add_image(data)["id"]
+    assert (await edge.fetch(file_path(image_id))).body == data
+    await edge.settled()
+
+    release = threading.Event()
+    real_send_fd = images_api.send_fd  # type: ignore[attr-defined]
+
+    async def send_then_busy_the_disk(*args: Any, **kwargs: Any) -> None:
+        await real_send_fd(*args, **kwargs)
+        for _ in range(DISK_THREADS):
+            edge.cache._disk.submit(release.wait, 10)
+
+    monkeypatch.setattr(images_api, "send_fd", send_then_busy_the_disk)
+    caplog.set_level(logging.INFO, logger="edgecache.access")
+    server = edge.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        writer.write(f"GET {file_path(image_id)} HTTP/1.1\r\nHost: edge\r\n\r\n".encode())
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        assert await reader.readexactly(len(data)) == data
+    finally:
+        writer.close()
+    try:
+        await eventually(
+            lambda: any(file_path(image_id) in r.getMessage() for r in caplog.records
+                        if r.name == "edgecache.access"),
+            what="the access line",
+        )
+    finally:
+        release.set()
+    (line,) = [r.getMessage() for r in caplog.records
+               if r.name == "edgecache.access" and file_path(image_id) in r.getMessage()]
+    assert " status=200 " in line, line

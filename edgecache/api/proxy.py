@@ -26,6 +26,11 @@ from edgecache.upstream.upload import RelayedBody
 
 LOG = logging.getLogger(__name__)
 
+#: Answers up to this size (metadata, schemas, image lists) are read whole and sent with
+#: their headers in one write: streamed, the headers went out in a segment of their own,
+#: one more send here and one more wake-up of the client for every API call.
+WHOLE_BODY_MAX = 256 * 1024
+
 # RFC 9110 §7.6.1, plus Host (set for the upstream) and the proxy-only headers.
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
@@ -77,12 +82,15 @@ async def forward(
             metrics.upstream_errors.labels(reason=exc.reason).inc()
         return answer_for(exc), 503
     async with upstream_response:
+        length = upstream_response.content_length
+        if request.method != "HEAD" and length is not None and length <= WHOLE_BODY_MAX:
+            return await _answer_whole(request, upstream_response, path_qs, metrics, on_sent)
         response = web.StreamResponse(
             status=upstream_response.status, reason=upstream_response.reason
         )
         response.headers.update(end_to_end(upstream_response.headers))
-        if upstream_response.content_length is not None:
-            response.content_length = upstream_response.content_length
+        if length is not None:
+            response.content_length = length
         await response.prepare(request)
         if request.method == "HEAD":
             return response, upstream_response.status
@@ -100,3 +108,30 @@ async def forward(
             return response, upstream_response.status
         await response.write_eof()
         return response, upstream_response.status
+
+
+async def _answer_whole(
+    request: web.Request,
+    upstream_response: aiohttp.ClientResponse,
+    path_qs: str,
+    metrics: Metrics | None,
+    on_sent: Callable[[int], None] | None,
+) -> tuple[web.StreamResponse, int]:
+    """A small answer, read whole first: nothing has gone to the client when Glance's
+    body breaks off, so the client gets a clean 503 rather than a cut response."""
+    status = upstream_response.status
+    try:
+        body = await upstream_response.read()
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        LOG.warning("passthrough %s %s broke off: %r", request.method, path_qs, exc)
+        if metrics is not None:
+            metrics.upstream_errors.labels(reason="body").inc()
+        return answer_for(UpstreamError(f"{request.method} {path_qs}: {exc!r}",
+                                        reason="body")), 503
+    if on_sent is not None and body and 200 <= status < 300:
+        on_sent(len(body))
+    response = web.Response(
+        status=status, reason=upstream_response.reason, body=body,
+        headers=end_to_end(upstream_response.headers),
+    )
+    return response, status

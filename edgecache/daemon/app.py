@@ -14,6 +14,7 @@ SIGHUP re-reads the config files and applies the mutable options.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import resource
 import signal
@@ -265,6 +266,7 @@ async def _serve(settings: Settings, conf: cfg.ConfigOpts | None = None) -> None
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         loop.add_signal_handler(signal.SIGHUP, _start_reload, app, conf, reloads)
+        freeze_startup_objects()
         sdnotify.notify("READY=1")
         interval = sdnotify.watchdog_interval()
         if interval is not None:
@@ -285,6 +287,18 @@ async def _serve(settings: Settings, conf: cfg.ConfigOpts | None = None) -> None
             if watchdog is not None:
                 watchdog.cancel()
     LOG.info("stopped after draining for %.1f s", time.monotonic() - started)
+
+
+def freeze_startup_objects() -> None:
+    """Keep what start-up built (modules, config, metrics: ~50k objects) out of every later
+    garbage collection.
+
+    A full collection walks every tracked object; with those in, each one held the
+    loop for 20-50 ms on the 2-core machines, and the allocations of a few thousand
+    requests trigger one. Frozen, a collection walks only what serving created.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _raise_open_files_limit() -> None:

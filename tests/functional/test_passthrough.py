@@ -5,6 +5,7 @@ See docs/behaviour.md#http-surface.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -146,3 +147,45 @@ async def test_own_endpoints_are_not_forwarded(edge: Edge, faulty_glance: Faulty
     assert b"edgecache_cache_max_size_bytes" in metrics.body
 
     assert faulty_glance.requests == []
+
+
+async def test_api_calls_reuse_one_keep_alive_connection_to_glance(
+    edge: Edge, faulty_glance: FaultyGlance
+) -> None:
+    image_id = faulty_glance.add_image(b"some bytes")["id"]
+    faulty_glance.clear_requests()
+
+    for _ in range(20):
+        got = await edge.fetch(f"/v2/images/{image_id}")
+        assert got.status == 200
+        assert json.loads(got.body)["id"] == image_id
+
+    assert faulty_glance.count("GET", f"/v2/images/{image_id}") == 20
+    assert faulty_glance.connections() == 1
+
+
+async def test_small_answer_cut_short_by_glance_is_a_clean_503(
+    aiohttp_client: AiohttpClient, tmp_path: Path
+) -> None:
+    # Glance announces 100 bytes of JSON, sends 10 and closes: nothing of it has
+    # reached the client yet, so the client gets an error it can retry, not a torn body.
+    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100\r\n\r\n{\"id\": \"12")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(cut, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        edge = await start_edgecache(
+            aiohttp_client, tmp_path / "cache", (f"http://127.0.0.1:{port}",)
+        )
+        got = await edge.fetch("/v2/schemas/image")
+    finally:
+        server.close()
+        await server.wait_closed()
+
+    assert got.status == 503
+    assert not got.broken

@@ -353,6 +353,8 @@ class FaultyGlance:
         if slice_size <= 0:
             raise ValueError("slice_size must be > 0")
         self.requests: list[RecordedRequest] = []
+        #: the (host, port) of every client connection a request arrived on
+        self._peers: set[tuple[str, int]] = set()
         self.slice_size = slice_size
         self._host = host
         self._port = port
@@ -512,9 +514,15 @@ class FaultyGlance:
             return sum(1 for r in self.requests if r.method == method and r.path == path
                        and not (method == "GET" and is_download_probe(r.range)))
 
+    def connections(self) -> int:
+        """How many client connections requests arrived on (distinct peer addresses)."""
+        with self._lock:
+            return len(self._peers)
+
     def clear_requests(self) -> None:
         with self._lock:
             self.requests.clear()
+            self._peers.clear()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -692,7 +700,10 @@ class FaultyGlance:
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         path, method = request.path, request.method
+        peer = request.transport.get_extra_info("peername") if request.transport else None
         with self._lock:
+            if peer is not None:
+                self._peers.add((peer[0], peer[1]))
             self.requests.append(
                 RecordedRequest(
                     method=method,

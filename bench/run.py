@@ -31,7 +31,7 @@ from bench.peers import (
     ensure_debian_packages,
 )
 from bench.procs import Trash
-from bench.scenarios import SCENARIOS, Scenario, Settings
+from bench.scenarios import MACHINE, SCENARIOS, Scenario, Settings
 from lab.glance import LocalGlance, ensure_glance_venv
 from lab.ports import free_port
 from lab.procs import StartError
@@ -226,15 +226,18 @@ class Bench:
 
     def measure(self) -> report.Results:
         a = self.args
-        settings = Settings(a.image_size, self.timeout, a.rate, a.low_rate, a.meta_seconds)
+        settings = Settings(
+            a.image_size, self.timeout, a.rate, a.low_rate, a.meta_seconds,
+            scratch=self.state / "scratch", discard=self.trash.move,
+        )  # fmt: skip
         records: list[report.Record] = []
         chosen = [s for s in SCENARIOS if s.key in self.args.scenarios]
         for rnd in range(1, self.args.rounds + 1):
             for scn in chosen:
                 peers = [p for n, p in self.peers.items() if n in scn.peers]
-                groups = [peers] if scn.together else [[p] for p in peers]
-                for group in groups:
-                    if group:
+                groups: list[list[Peer]] = [peers] if scn.together else [[p] for p in peers]
+                for group in [[]] if scn.machine else groups:
+                    if group or scn.machine:
                         records.extend(self._measure(rnd, scn, group, settings))
         return report.Results(records)
 
@@ -247,9 +250,10 @@ class Bench:
         try:
             by_peer = scn.measure(peers, settings)
         except Exception as err:
-            for p in peers:
-                say(f"round {rnd} {scn.key:7} {p.name:13} ERROR {err}")
-            return [report.Record(rnd, scn.key, p.name, None, str(err)) for p in peers]
+            names = [p.name for p in peers] or [MACHINE]
+            for name in names:
+                say(f"round {rnd} {scn.key:7} {name:13} ERROR {err}")
+            return [report.Record(rnd, scn.key, name, None, str(err)) for name in names]
         took = time.monotonic() - started
         for name, figures in by_peer.items():
             shown = " ".join(f"{k}={v:.4g}" for k, v in figures.items() if v is not None)
@@ -271,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     peers = [n for n in args.peers if n in bench.peers]
     bars = report.bars(results) if "edgecache" in bench.peers else []
     print(report.table(results, peers, args.rounds))
+    ceil = report.ceilings_table(results, peers, args.rounds)
+    if ceil:
+        print(ceil)
     if bars:
         print("\n" + report.bars_table(bars, "edgecache"))
     if bench.skipped:

@@ -10,7 +10,9 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
+from bench import ceilings
 from bench.clients import Batch, curl_many, paced_gets
 from bench.peers import Peer
 from bench.procs import RssSampler
@@ -26,6 +28,8 @@ class Settings:
     rate: float  # metadata requests per second (the bar's 200)
     low_rate: float  # a rate direct Glance sustains easily here, to tell overhead from queueing
     duration: float  # seconds of paced metadata requests per peer and round
+    scratch: Path | None = None  # where the disk ceiling writes its image-sized file
+    discard: Callable[[Path], None] | None = None  # how it disposes of it (the bench's trash)
 
 
 def _batch_figures(batch: Batch, size: int, rss: RssSampler | None) -> Figures:
@@ -104,6 +108,13 @@ def _settled(peer: Peer, before: int | None) -> float | None:
     return float(after - before)
 
 
+def machine_ceilings(s: Settings) -> Figures:
+    """sha512 on one core, disk write + fdatasync, loopback TCP: this round's machine limits."""
+    assert s.scratch is not None and s.discard is not None, "the bench sets both"
+    figures: Figures = dict(ceilings.measure(s.scratch, s.image_size, s.discard))
+    return figures
+
+
 def passthrough(peers: list[Peer], rate: float, duration: float) -> dict[str, Figures]:
     """Metadata GET latency at a fixed request rate, the peers taking turns second by second."""
     lats = paced_gets({p.name: p.meta_url for p in peers}, rate, duration)
@@ -128,19 +139,24 @@ class Scenario:
     run: Callable[[Peer, Settings], Figures] | None  # one peer at a time
     peers: tuple[str, ...]
     together: Callable[[list[Peer], Settings], dict[str, Figures]] | None = None  # all at once
+    machine: Callable[[Settings], Figures] | None = None  # no peer: recorded as peer "machine"
 
     def measure(self, peers: list[Peer], s: Settings) -> dict[str, Figures]:
+        if self.machine:
+            return {MACHINE: self.machine(s)}
         if self.together:
             return self.together(peers, s)
         assert self.run is not None
         return {p.name: self.run(p, s) for p in peers}
 
 
+MACHINE = "machine"  # the pseudo-peer of machine-wide figures (the ceilings)
 CACHES = ("nginx", "varnish", "glance-cache", "edgecache", "edgecache-gc")
 EVERYONE = ("glance", *CACHES)
 META_PEERS = ("glance", "nginx", "edgecache")  # direct, a plain reverse proxy, us
 
 SCENARIOS = (
+    Scenario("ceilings", "machine ceilings", None, (), machine=machine_ceilings),
     Scenario("cold1", "cold miss, 1 client", lambda p, s: cold(p, 1, s), EVERYONE),
     Scenario("hit1", "hit, 1 client", lambda p, s: hits(p, 1, s, warm=True), EVERYONE),
     Scenario("hit8", "hit, 8 clients", lambda p, s: hits(p, 8, s, warm=False), EVERYONE),

@@ -237,6 +237,36 @@ def ceilings_table(res: Results, peers: list[str], rounds: int) -> str:
     return "\n".join(lines)
 
 
+CPU_COLUMNS = {  # metric -> header
+    "cpu_peer_s_per_gb": "peer",
+    "cpu_origin_s_per_gb": "origin Glance",
+    "cpu_clients_s_per_gb": "clients (curl)",
+    "cpu_bench_s_per_gb": "bench",
+    "cpu_other_s_per_gb": "other",
+    "cpu_box_s_per_gb": "box",
+}
+
+
+def cpu_table(res: Results, peers: list[str], rounds: int) -> str:
+    """CPU seconds per GB delivered, per process group, for every download scenario and peer."""
+    rows = [["scenario", "peer", *CPU_COLUMNS.values(), "cores busy"]]
+    for scn in SCENARIOS:
+        for p in peers:
+            if not res.values(scn.key, p, "cpu_box_s_per_gb"):
+                continue
+            cells = [_fmt(res.median(scn.key, p, m), "{:.2f}") for m in CPU_COLUMNS]
+            cores = _fmt(res.median(scn.key, p, "cpu_box_cores"), "{:.2f}")
+            rows.append([scn.key, p, *cells, cores])
+    if len(rows) == 1:
+        return ""
+    title = (
+        f"\nwhere the CPU goes: CPU s per GB delivered to the clients (median of {rounds}"
+        f" round{'s' * (rounds > 1)}); peer = its process tree, origin = the Glance it fills"
+        " from (- when it is that Glance), other = box - the rest; cores busy = box CPU s / span"
+    )
+    return "\n".join([title, *_grid(rows)])
+
+
 def _main(scenario: str) -> str:
     return "p99_ms" if scenario.startswith("meta") else "gbps"
 

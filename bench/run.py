@@ -31,6 +31,7 @@ from bench.peers import (
     ensure_debian_packages,
 )
 from bench.procs import Trash
+from bench.profiling import Profiler, py_spy
 from bench.scenarios import MACHINE, SCENARIOS, Scenario, Settings
 from lab.glance import LocalGlance, ensure_glance_venv
 from lab.ports import free_port
@@ -65,6 +66,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--state-dir", type=Path, help="default: <repo>/.state/bench")
     p.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="py-spy edgecache during each batch into DIR/<scenario>-round<N>.txt (raw stacks)",
+    )
     args = p.parse_args(argv)
     args.peers = [n for n in args.peers.split(",") if n]
     args.scenarios = [n for n in args.scenarios.split(",") if n]
@@ -77,6 +84,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.image_size = (args.image_mib or (256 if args.quick else 2048)) * MiB
     args.meta_seconds = args.meta_seconds or (3.0 if args.quick else 10.0)
+    args.py_spy = py_spy() if args.profile else None
+    if args.profile and not args.py_spy:
+        p.error("--profile needs py-spy: pip install py-spy (the bench extra)")
     return args
 
 
@@ -145,6 +155,7 @@ class Bench:
         self.origin_id = ""
         self.gcache: GlancePeer | None = None
         self.skipped: dict[str, str] = {}
+        self.profiler = Profiler(args.profile.resolve(), args.py_spy) if args.py_spy else None
 
     def close(self) -> None:
         self.stack.close()
@@ -228,7 +239,7 @@ class Bench:
         a = self.args
         settings = Settings(
             a.image_size, self.timeout, a.rate, a.low_rate, a.meta_seconds,
-            scratch=self.state / "scratch", discard=self.trash.move,
+            scratch=self.state / "scratch", discard=self.trash.move, profiler=self.profiler,
         )  # fmt: skip
         records: list[report.Record] = []
         chosen = [s for s in SCENARIOS if s.key in self.args.scenarios]
@@ -246,6 +257,8 @@ class Bench:
         rnd: int, scn: Scenario, peers: list[Peer], settings: Settings
     ) -> list[report.Record]:
         """Run one measurement; a failing peer must not lose the other peers' figures."""
+        if settings.profiler:
+            settings.profiler.label = f"{scn.key}-round{rnd}"
         started = time.monotonic()
         try:
             by_peer = scn.measure(peers, settings)
@@ -275,9 +288,12 @@ def main(argv: list[str] | None = None) -> int:
     peers = [n for n in args.peers if n in bench.peers]
     bars = report.bars(results) if "edgecache" in bench.peers else []
     print(report.table(results, peers, args.rounds))
-    ceil = report.ceilings_table(results, peers, args.rounds)
-    if ceil:
-        print(ceil)
+    for section in (
+        report.ceilings_table(results, peers, args.rounds),
+        report.cpu_table(results, peers, args.rounds),
+    ):
+        if section:
+            print(section)
     if bars:
         print("\n" + report.bars_table(bars, "edgecache"))
     if bench.skipped:
@@ -299,7 +315,12 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": os.cpu_count(),
         "kernel": platform.release(),
         "tools": tool_versions(),
+        "profiled": str(args.profile) if args.profile else None,
     }
+    if bench.profiler and bench.profiler.files:
+        shown = " ".join(p.name for p in bench.profiler.files)
+        print(f"\npy-spy profiles in {args.profile}: {shown}")
+        print("  top of one: .venv/bin/python -m bench.profile_top FILE [--n 25]")
     name = started.strftime("%Y%m%dT%H%M%SZ") + ("-quick" if args.quick else "") + ".json"
     out = args.results_dir / name
     report.write_json(out, meta, results, bars)

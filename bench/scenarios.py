@@ -6,16 +6,18 @@ need no knowledge of the scenario that made them. The bars: docs/behaviour.md#qu
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench import ceilings
 from bench.clients import Batch, curl_many, paced_gets
 from bench.peers import Peer
-from bench.procs import RssSampler
+from bench.procs import CpuMeter, RssSampler
+from bench.profiling import Profiler
 from lab.units import MiB
 
 Figures = dict[str, float | None]
@@ -30,6 +32,7 @@ class Settings:
     duration: float  # seconds of paced metadata requests per peer and round
     scratch: Path | None = None  # where the disk ceiling writes its image-sized file
     discard: Callable[[Path], None] | None = None  # how it disposes of it (the bench's trash)
+    profiler: Profiler | None = None  # --profile: py-spy on edgecache during each batch
 
 
 def _batch_figures(batch: Batch, size: int, rss: RssSampler | None) -> Figures:
@@ -45,14 +48,57 @@ def _batch_figures(batch: Batch, size: int, rss: RssSampler | None) -> Figures:
     }
 
 
+@dataclass
+class Watch:
+    """What is recorded while one batch runs: memory, CPU (and, with --profile, py-spy)."""
+
+    rss: RssSampler
+    cpu: CpuMeter
+
+    def figures(self, batch: Batch, size: int) -> Figures:
+        figures = _batch_figures(batch, size, self.rss)
+        figures.update(cpu_figures(self.cpu.seconds, len(batch.fetches) * size, batch.span))
+        return figures
+
+
+@contextlib.contextmanager
+def watching(peer: Peer, s: Settings) -> Iterator[Watch]:
+    """Sample the peer's RSS and weigh everyone's CPU around the block (py-spy outermost)."""
+    mine = peer.pids()
+    origin = [] if peer.origin.pid in mine or peer.origin.pid is None else [peer.origin.pid]
+    profile = s.profiler.batch(peer) if s.profiler else contextlib.nullcontext()
+    trees = {"peer": mine, "origin": origin} if origin else {"peer": mine}
+    with profile, CpuMeter(trees) as cpu, RssSampler(mine) as rss:
+        yield Watch(rss, cpu)
+
+
+CPU_PARTS = ("peer", "origin", "clients", "bench")
+
+
+def cpu_figures(seconds: dict[str, float], size: int, span: float) -> Figures:
+    """CPU seconds per GB delivered to the clients, per part, and how many cores were busy.
+
+    `other` is the box's busy time no part accounts for (kernel threads, other work on the
+    machine, py-spy under --profile).
+    """
+    gb = size / 1e9
+    out: Figures = {f"cpu_{k}_s_per_gb": seconds[k] / gb for k in CPU_PARTS if k in seconds}
+    if "box" in seconds:
+        out["cpu_box_s_per_gb"] = seconds["box"] / gb
+        parts = sum(seconds.get(k, 0.0) for k in CPU_PARTS)
+        out["cpu_other_s_per_gb"] = (seconds["box"] - parts) / gb
+        out["cpu_box_cores"] = seconds["box"] / span if span > 0 else None
+    return out
+
+
 def hits(peer: Peer, clients: int, s: Settings, warm: bool) -> Figures:
     """Hit throughput and fairness: the image is in the cache (or page cache) before we start."""
     if warm:
         _batch_figures(curl_many(peer.file_url, 1, s.curl_timeout), s.image_size, None)
     lag = peer.loop_lag_buckets()
-    with RssSampler(peer.pids()) as rss:
+    with watching(peer, s) as watch:
         batch = curl_many(peer.file_url, clients, s.curl_timeout)
-    figures = _batch_figures(batch, s.image_size, rss)
+    figures = watch.figures(batch, s.image_size)
     figures["loop_stall_ms"] = worst_lag_ms(lag, peer.loop_lag_buckets())
     return figures
 
@@ -61,9 +107,9 @@ def cold(peer: Peer, clients: int, s: Settings) -> Figures:
     """Cold requests: empty the cache, then `clients` ask at once; count the origin's data GETs."""
     peer.empty_cache()
     before, lag = peer.upstream_gets(), peer.loop_lag_buckets()
-    with RssSampler(peer.pids()) as rss:
+    with watching(peer, s) as watch:
         batch = curl_many(peer.file_url, clients, s.curl_timeout)
-    figures = _batch_figures(batch, s.image_size, rss)
+    figures = watch.figures(batch, s.image_size)
     figures["upstream_gets"] = _settled(peer, before)
     time.sleep(0.05)  # let the lag sampler observe the last commit (fsync + rename)
     figures["loop_stall_ms"] = worst_lag_ms(lag, peer.loop_lag_buckets())

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bench.ceilings import MISS_STAGES, verified_miss_ceiling
-from bench.scenarios import CACHES, MACHINE, SCENARIOS, Figures
+from bench.scenarios import CACHES, IDLE, MACHINE, SCENARIOS, Figures
 
 
 @dataclass
@@ -133,9 +133,17 @@ def bars(res: Results, peer: str = "edgecache") -> list[Bar]:
     eight = [*res.values("hit8", peer, "loop_stall_ms").values(),
              *res.values("cold8", peer, "loop_stall_ms").values()]  # fmt: skip
     absolute("event loop stall, 8 clients (hit, cold)", max(eight, default=None), "ms", 25)
-    absolute("event loop stall, 50 clients", _max(res.values("cold50", peer, "loop_stall_ms")),
-             "ms", 50)  # fmt: skip
+    fifty = [*res.values("hit50", peer, "loop_stall_ms").values(),
+             *res.values("cold50", peer, "loop_stall_ms").values()]  # fmt: skip
+    absolute("event loop stall, 50 clients (hit, cold)", max(fifty, default=None), "ms", 50)
+    idle = _max(res.values(f"hit8-idle{IDLE}", peer, "loop_stall_ms"))
+    absolute(f"event loop stall, 8 clients + {IDLE:,} idle", idle, "ms", 25)
     absolute("peak RSS, 50 clients", res.median("cold50", peer, "peak_rss_mib"), "MiB", 80)
+    rss200 = [v for k in ("hit200", "cold200") if (v := res.median(k, peer, "peak_rss_mib"))]
+    absolute("peak RSS, 200 clients (hit, cold)", max(rss200, default=None), "MiB", 120)
+    two = [*res.values("hit200", peer, "loop_stall_ms").values(),
+           *res.values("cold200", peer, "loop_stall_ms").values()]  # fmt: skip
+    out.append(Bar("(info) event loop stall, 200 clients", max(two, default=None), "ms", "-", None))
     absolute("passthrough p99 added", res.paired("meta", "p99_ms", peer, "glance", _diff), "ms", 2)
     low = res.paired("meta-low", "p99_ms", peer, "glance", _diff)
     out.append(Bar("(info) passthrough p99 added, --low-rate", low, "ms", "-", None))
@@ -265,6 +273,39 @@ def cpu_table(res: Results, peers: list[str], rounds: int) -> str:
         " from (- when it is that Glance), other = box - the rest; cores busy = box CPU s / span"
     )
     return "\n".join([title, *_grid(rows)])
+
+
+SCALING_FIGURES = {  # metric -> (label, format)
+    "gbps": ("GB/s", "{:.2f}"),
+    "slowest_first_byte_ms": ("slowest 1st byte ms", "{:.0f}"),
+    "peak_rss_mib": ("peak RSS MiB", "{:.0f}"),
+    "loop_stall_ms": ("loop stall ms (at most)", "{:.0f}"),
+}
+CLIENTS = (1, 8, 50, 200)
+
+
+def scaling_table(res: Results, peers: list[str], rounds: int) -> str:
+    """Per peer: each figure at 1, 8, 50 and 200 clients, hits then cold, and 8 + idle."""
+    idle_key = f"hit8-idle{IDLE}"
+    blocks = []
+    for p in peers:
+        rows = [[p, *(str(n) for n in CLIENTS), f"8 + {IDLE:,} idle"]]
+        for kind in ("hit", "cold"):
+            for metric, (label, fmt) in SCALING_FIGURES.items():
+                cells = [_fmt(res.median(f"{kind}{n}", p, metric), fmt) for n in CLIENTS]
+                extra = _fmt(res.median(idle_key, p, metric), fmt) if kind == "hit" else ""
+                if any(c != "-" for c in cells) or extra not in ("", "-"):
+                    rows.append([f"{kind} {label}", *cells, extra])
+        if len(rows) > 1:
+            still = res.median(idle_key, p, "idle_open_after")
+            if still is not None:
+                rows.append(["idle connections still open after the batch", "", "", "", "",
+                             f"{still:.0f}"])  # fmt: skip
+            blocks.extend(["", *_grid(rows)])
+    if not blocks:
+        return ""
+    head = f"\nscaling (median of {rounds} round{'s' * (rounds > 1)}; '-': not run)"
+    return "\n".join([head, *blocks[1:]])
 
 
 def _main(scenario: str) -> str:

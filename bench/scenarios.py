@@ -15,6 +15,7 @@ from pathlib import Path
 
 from bench import ceilings
 from bench.clients import Batch, curl_many, paced_gets
+from bench.idle import idle_connections
 from bench.peers import Peer
 from bench.procs import CpuMeter, RssSampler
 from bench.profiling import Profiler
@@ -44,6 +45,7 @@ def _batch_figures(batch: Batch, size: int, rss: RssSampler | None) -> Figures:
         "gbps": batch.gbps,
         "slowest_first_byte_ms": batch.slowest_first_byte * 1000,
         "seconds": batch.span,
+        "launch_spread_s": batch.launch_spread,
         "peak_rss_mib": rss.peak / MiB if rss and rss.peak else None,
     }
 
@@ -91,13 +93,18 @@ def cpu_figures(seconds: dict[str, float], size: int, span: float) -> Figures:
     return out
 
 
+def batch_timeout(s: Settings, clients: int) -> float:
+    """curl's --max-time: the run's, or enough for `clients` images at 0.5 GB/s in all."""
+    return max(s.curl_timeout, clients * s.image_size / 0.5e9)
+
+
 def hits(peer: Peer, clients: int, s: Settings, warm: bool) -> Figures:
     """Hit throughput and fairness: the image is in the cache (or page cache) before we start."""
     if warm:
         _batch_figures(curl_many(peer.file_url, 1, s.curl_timeout), s.image_size, None)
     lag = peer.loop_lag_buckets()
     with watching(peer, s) as watch:
-        batch = curl_many(peer.file_url, clients, s.curl_timeout)
+        batch = curl_many(peer.file_url, clients, batch_timeout(s, clients))
     figures = watch.figures(batch, s.image_size)
     figures["loop_stall_ms"] = worst_lag_ms(lag, peer.loop_lag_buckets())
     return figures
@@ -108,11 +115,21 @@ def cold(peer: Peer, clients: int, s: Settings) -> Figures:
     peer.empty_cache()
     before, lag = peer.upstream_gets(), peer.loop_lag_buckets()
     with watching(peer, s) as watch:
-        batch = curl_many(peer.file_url, clients, s.curl_timeout)
+        batch = curl_many(peer.file_url, clients, batch_timeout(s, clients))
     figures = watch.figures(batch, s.image_size)
     figures["upstream_gets"] = _settled(peer, before)
     time.sleep(0.05)  # let the lag sampler observe the last commit (fsync + rename)
     figures["loop_stall_ms"] = worst_lag_ms(lag, peer.loop_lag_buckets())
+    return figures
+
+
+def hits_idle(peer: Peer, clients: int, idle: int, s: Settings) -> Figures:
+    """Hits by `clients` while `idle` kept-alive connections sit open on the peer."""
+    port = int(peer.url.rsplit(":", 1)[1].rstrip("/"))
+    with idle_connections(port, idle) as held:
+        figures = hits(peer, clients, s, warm=False)
+    figures["idle_opened"] = float(held.opened)
+    figures["idle_open_after"] = None if held.open_after is None else float(held.open_after)
     return figures
 
 
@@ -186,6 +203,7 @@ class Scenario:
     peers: tuple[str, ...]
     together: Callable[[list[Peer], Settings], dict[str, Figures]] | None = None  # all at once
     machine: Callable[[Settings], Figures] | None = None  # no peer: recorded as peer "machine"
+    default: bool = True  # False: heavy, run only when --scenarios names it
 
     def measure(self, peers: list[Peer], s: Settings) -> dict[str, Figures]:
         if self.machine:
@@ -199,6 +217,9 @@ class Scenario:
 MACHINE = "machine"  # the pseudo-peer of machine-wide figures (the ceilings)
 CACHES = ("nginx", "varnish", "glance-cache", "edgecache", "edgecache-gc")
 EVERYONE = ("glance", *CACHES)
+# uWSGI (both Glances) pins a thread per open connection: 2,000 idle ones would starve it by design
+EVENT_DRIVEN = ("nginx", "varnish", "edgecache", "edgecache-gc")
+IDLE = 2000
 META_PEERS = ("glance", "nginx", "edgecache")  # direct, a plain reverse proxy, us
 
 SCENARIOS = (
@@ -206,8 +227,29 @@ SCENARIOS = (
     Scenario("cold1", "cold miss, 1 client", lambda p, s: cold(p, 1, s), EVERYONE),
     Scenario("hit1", "hit, 1 client", lambda p, s: hits(p, 1, s, warm=True), EVERYONE),
     Scenario("hit8", "hit, 8 clients", lambda p, s: hits(p, 8, s, warm=False), EVERYONE),
+    Scenario("hit50", "hit, 50 clients", lambda p, s: hits(p, 50, s, warm=False), EVERYONE),
+    Scenario(
+        "hit200",
+        "hit, 200 clients",
+        lambda p, s: hits(p, 200, s, warm=False),
+        EVERYONE,
+        default=False,
+    ),
+    Scenario(
+        f"hit8-idle{IDLE}",
+        f"hit, 8 clients, {IDLE:,} idle keep-alive connections open",
+        lambda p, s: hits_idle(p, 8, IDLE, s),
+        EVENT_DRIVEN,
+    ),
     Scenario("cold8", "8 concurrent cold requests", lambda p, s: cold(p, 8, s), CACHES),
     Scenario("cold50", "50 concurrent cold requests", lambda p, s: cold(p, 50, s), CACHES),
+    Scenario(
+        "cold200",
+        "200 concurrent cold requests",
+        lambda p, s: cold(p, 200, s),
+        CACHES,
+        default=False,
+    ),
     Scenario(
         "meta",
         "metadata GET passthrough at --rate",

@@ -53,6 +53,11 @@ class Batch:
         return sum(f.size for f in self.fetches) / self.span / 1e9 if self.span > 0 else 0.0
 
     @property
+    def launch_spread(self) -> float:
+        """First spawn to last spawn: how long starting N curls took (part of the span)."""
+        return max(f.launched for f in self.fetches) - min(f.launched for f in self.fetches)
+
+    @property
     def slowest_first_byte(self) -> float:
         return max(f.first_byte for f in self.fetches)
 

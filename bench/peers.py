@@ -138,9 +138,10 @@ daemon off;
 master_process on;
 user root;
 worker_processes auto;
+worker_rlimit_nofile 16384;
 pid {r}/nginx.pid;
 error_log {r}/error.log warn;
-events {{ worker_connections 1024; }}
+events {{ worker_connections 8192; }}
 http {{
     access_log off;
     sendfile on;
@@ -169,6 +170,7 @@ http {{
             proxy_cache_lock_age 1h;
             add_header X-Cache-Status $upstream_cache_status;
         }}
+        location = /healthcheck {{ return 200 "OK\\n"; }}
         location / {{ proxy_pass http://glance; }}
     }}
 }}
@@ -225,6 +227,7 @@ backend glance {{
     .between_bytes_timeout = 600s;
 }}
 sub vcl_recv {{
+    if (req.url == "/healthcheck") {{ return (synth(200, "OK")); }}
     if (req.url !~ "^/v2/images/[^/]+/file$") {{ return (pass); }}
 }}
 sub vcl_backend_response {{
@@ -247,6 +250,8 @@ sub vcl_backend_response {{
             "-S", str(secret),
             "-f", str(self.root / "default.vcl"),
             "-s", f"malloc,{self.ram // MiB}M",
+            # idle client connections kept 60 s (its default is 5 s), as edgecache keeps them
+            "-p", "timeout_idle=60",
         ]  # fmt: skip
         self.daemon = Process(argv, log=self.root / "varnishd.log", name="varnishd",
                               start_timeout=30, stop_timeout=20, ready=self.answers)

@@ -1,4 +1,4 @@
-"""Process plumbing for the benchmark: weigh the peers' memory, move emptied caches aside.
+"""Process plumbing for the benchmark: weigh the peers' memory and CPU, move emptied caches aside.
 
 The servers themselves are `lab.procs.Process`es, stopped by the pid they were started with.
 """
@@ -6,10 +6,11 @@ The servers themselves are `lab.procs.Process`es, stopped by the pid they were s
 from __future__ import annotations
 
 import contextlib
+import resource
 import subprocess
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import psutil
@@ -111,3 +112,61 @@ def du(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def cpu_seconds(pids: Iterable[int]) -> dict[int, float]:
+    """User + system CPU seconds of each process that still runs (its threads included)."""
+    out = {}
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.ZombieProcess):
+            t = psutil.Process(pid).cpu_times()
+            out[pid] = t.user + t.system
+    return out
+
+
+def box_busy_seconds() -> float:
+    """CPU seconds the whole machine spent busy (every core; idle, iowait and steal excluded)."""
+    t = psutil.cpu_times()
+    return float(t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0))
+
+
+def _rusage_seconds(who: int) -> float:
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
+
+
+class CpuMeter:
+    """CPU seconds spent during a batch: by named process trees, the clients, the bench, the box.
+
+    Trees are weighed by their members' own counters, read before and after (a member that exits
+    during the batch takes its seconds with it). The clients are the bench's child processes
+    reaped during the batch (curl: `RUSAGE_CHILDREN`); `bench` is this process itself (the RSS
+    sampler, curl's launch); `box` is every core's busy time, whoever spent it.
+    """
+
+    def __init__(self, trees: Mapping[str, Sequence[int]]) -> None:
+        self.trees = {name: list(roots) for name, roots in trees.items()}
+        self.seconds: dict[str, float] = {}
+        self._before: dict[str, dict[int, float]] = {}
+        self._base: dict[str, float] = {}
+
+    def _totals(self) -> dict[str, float]:
+        return {
+            "clients": _rusage_seconds(resource.RUSAGE_CHILDREN),
+            "bench": _rusage_seconds(resource.RUSAGE_SELF),
+            "box": box_busy_seconds(),
+        }
+
+    def __enter__(self) -> CpuMeter:
+        self._before = {n: cpu_seconds(process_tree(r)) for n, r in self.trees.items()}
+        self._base = self._totals()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        totals = self._totals()
+        for name, roots in self.trees.items():
+            before = self._before[name]
+            after = cpu_seconds(process_tree(roots))
+            self.seconds[name] = sum(v - before.get(pid, 0.0) for pid, v in after.items())
+        for name, value in totals.items():
+            self.seconds[name] = value - self._base[name]

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from bench import report
 from bench.clients import curl_many
+from bench.idle import raise_nofile
 from bench.peers import (
     EdgecachePeer,
     GlancePeer,
@@ -31,7 +32,8 @@ from bench.peers import (
     ensure_debian_packages,
 )
 from bench.procs import Trash
-from bench.scenarios import SCENARIOS, Scenario, Settings
+from bench.profiling import Profiler, py_spy
+from bench.scenarios import MACHINE, SCENARIOS, Scenario, Settings
 from lab.glance import LocalGlance, ensure_glance_venv
 from lab.ports import free_port
 from lab.procs import StartError
@@ -58,16 +60,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=",".join(DEFAULT_PEERS),
         help=f"comma-separated, in run order, from {','.join(ALL_PEERS)} (default: %(default)s)",
     )
+    usual = ",".join(s.key for s in SCENARIOS if s.default)
+    heavy = ",".join(s.key for s in SCENARIOS if not s.default)
     p.add_argument(
         "--scenarios",
-        default=",".join(s.key for s in SCENARIOS),
-        help="comma-separated subset of %(default)s",
+        default="default",
+        help=f"comma-separated keys, 'default' ({usual}) or 'all' (adds {heavy})",
     )
     p.add_argument("--state-dir", type=Path, help="default: <repo>/.state/bench")
     p.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="py-spy edgecache during each batch into DIR/<scenario>-round<N>.txt (raw stacks)",
+    )
     args = p.parse_args(argv)
     args.peers = [n for n in args.peers.split(",") if n]
-    args.scenarios = [n for n in args.scenarios.split(",") if n]
+    args.scenarios = expand_scenarios(args.scenarios)
     for name in args.peers:
         if name not in ALL_PEERS:
             p.error(f"unknown peer {name!r}")
@@ -77,7 +87,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.image_size = (args.image_mib or (256 if args.quick else 2048)) * MiB
     args.meta_seconds = args.meta_seconds or (3.0 if args.quick else 10.0)
+    args.py_spy = py_spy() if args.profile else None
+    if args.profile and not args.py_spy:
+        p.error("--profile needs py-spy: pip install py-spy (the bench extra)")
     return args
+
+
+def expand_scenarios(spec: str) -> list[str]:
+    """`default`, `all` or keys, comma-separated; run order is always SCENARIOS' order."""
+    keys: set[str] = set()
+    for name in filter(None, spec.split(",")):
+        if name == "default":
+            keys |= {s.key for s in SCENARIOS if s.default}
+        elif name == "all":
+            keys |= {s.key for s in SCENARIOS}
+        else:
+            keys.add(name)
+    known = [s.key for s in SCENARIOS]
+    return [k for k in known if k in keys] + sorted(keys - set(known))
 
 
 def say(message: str) -> None:
@@ -145,6 +172,7 @@ class Bench:
         self.origin_id = ""
         self.gcache: GlancePeer | None = None
         self.skipped: dict[str, str] = {}
+        self.profiler = Profiler(args.profile.resolve(), args.py_spy) if args.py_spy else None
 
     def close(self) -> None:
         self.stack.close()
@@ -226,15 +254,18 @@ class Bench:
 
     def measure(self) -> report.Results:
         a = self.args
-        settings = Settings(a.image_size, self.timeout, a.rate, a.low_rate, a.meta_seconds)
+        settings = Settings(
+            a.image_size, self.timeout, a.rate, a.low_rate, a.meta_seconds,
+            scratch=self.state / "scratch", discard=self.trash.move, profiler=self.profiler,
+        )  # fmt: skip
         records: list[report.Record] = []
         chosen = [s for s in SCENARIOS if s.key in self.args.scenarios]
         for rnd in range(1, self.args.rounds + 1):
             for scn in chosen:
                 peers = [p for n, p in self.peers.items() if n in scn.peers]
-                groups = [peers] if scn.together else [[p] for p in peers]
-                for group in groups:
-                    if group:
+                groups: list[list[Peer]] = [peers] if scn.together else [[p] for p in peers]
+                for group in [[]] if scn.machine else groups:
+                    if group or scn.machine:
                         records.extend(self._measure(rnd, scn, group, settings))
         return report.Results(records)
 
@@ -243,13 +274,16 @@ class Bench:
         rnd: int, scn: Scenario, peers: list[Peer], settings: Settings
     ) -> list[report.Record]:
         """Run one measurement; a failing peer must not lose the other peers' figures."""
+        if settings.profiler:
+            settings.profiler.label = f"{scn.key}-round{rnd}"
         started = time.monotonic()
         try:
             by_peer = scn.measure(peers, settings)
         except Exception as err:
-            for p in peers:
-                say(f"round {rnd} {scn.key:7} {p.name:13} ERROR {err}")
-            return [report.Record(rnd, scn.key, p.name, None, str(err)) for p in peers]
+            names = [p.name for p in peers] or [MACHINE]
+            for name in names:
+                say(f"round {rnd} {scn.key:7} {name:13} ERROR {err}")
+            return [report.Record(rnd, scn.key, name, None, str(err)) for name in names]
         took = time.monotonic() - started
         for name, figures in by_peer.items():
             shown = " ".join(f"{k}={v:.4g}" for k, v in figures.items() if v is not None)
@@ -259,6 +293,7 @@ class Bench:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    raise_nofile(16384)  # 200 curls' pipes; the peers inherit it for 2,000 idle connections
     started = datetime.now(UTC)
     bench = Bench(args)
     try:
@@ -271,6 +306,13 @@ def main(argv: list[str] | None = None) -> int:
     peers = [n for n in args.peers if n in bench.peers]
     bars = report.bars(results) if "edgecache" in bench.peers else []
     print(report.table(results, peers, args.rounds))
+    for section in (
+        report.ceilings_table(results, peers, args.rounds),
+        report.cpu_table(results, peers, args.rounds),
+        report.scaling_table(results, peers, args.rounds),
+    ):
+        if section:
+            print(section)
     if bars:
         print("\n" + report.bars_table(bars, "edgecache"))
     if bench.skipped:
@@ -292,7 +334,12 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": os.cpu_count(),
         "kernel": platform.release(),
         "tools": tool_versions(),
+        "profiled": str(args.profile) if args.profile else None,
     }
+    if bench.profiler and bench.profiler.files:
+        shown = " ".join(p.name for p in bench.profiler.files)
+        print(f"\npy-spy profiles in {args.profile}: {shown}")
+        print("  top of one: .venv/bin/python -m bench.profile_top FILE [--n 25]")
     name = started.strftime("%Y%m%dT%H%M%SZ") + ("-quick" if args.quick else "") + ".json"
     out = args.results_dir / name
     report.write_json(out, meta, results, bars)

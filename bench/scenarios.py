@@ -6,14 +6,19 @@ need no knowledge of the scenario that made them. The bars: docs/behaviour.md#qu
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
+from bench import ceilings
 from bench.clients import Batch, curl_many, paced_gets
+from bench.idle import idle_connections
 from bench.peers import Peer
-from bench.procs import RssSampler
+from bench.procs import CpuMeter, RssSampler
+from bench.profiling import Profiler
 from lab.units import MiB
 
 Figures = dict[str, float | None]
@@ -26,6 +31,9 @@ class Settings:
     rate: float  # metadata requests per second (the bar's 200)
     low_rate: float  # a rate direct Glance sustains easily here, to tell overhead from queueing
     duration: float  # seconds of paced metadata requests per peer and round
+    scratch: Path | None = None  # where the disk ceiling writes its image-sized file
+    discard: Callable[[Path], None] | None = None  # how it disposes of it (the bench's trash)
+    profiler: Profiler | None = None  # --profile: py-spy on edgecache during each batch
 
 
 def _batch_figures(batch: Batch, size: int, rss: RssSampler | None) -> Figures:
@@ -37,8 +45,57 @@ def _batch_figures(batch: Batch, size: int, rss: RssSampler | None) -> Figures:
         "gbps": batch.gbps,
         "slowest_first_byte_ms": batch.slowest_first_byte * 1000,
         "seconds": batch.span,
+        "launch_spread_s": batch.launch_spread,
         "peak_rss_mib": rss.peak / MiB if rss and rss.peak else None,
     }
+
+
+@dataclass
+class Watch:
+    """What is recorded while one batch runs: memory, CPU (and, with --profile, py-spy)."""
+
+    rss: RssSampler
+    cpu: CpuMeter
+
+    def figures(self, batch: Batch, size: int) -> Figures:
+        figures = _batch_figures(batch, size, self.rss)
+        figures.update(cpu_figures(self.cpu.seconds, len(batch.fetches) * size, batch.span))
+        return figures
+
+
+@contextlib.contextmanager
+def watching(peer: Peer, s: Settings) -> Iterator[Watch]:
+    """Sample the peer's RSS and weigh everyone's CPU around the block (py-spy outermost)."""
+    mine = peer.pids()
+    origin = [] if peer.origin.pid in mine or peer.origin.pid is None else [peer.origin.pid]
+    profile = s.profiler.batch(peer) if s.profiler else contextlib.nullcontext()
+    trees = {"peer": mine, "origin": origin} if origin else {"peer": mine}
+    with profile, CpuMeter(trees) as cpu, RssSampler(mine) as rss:
+        yield Watch(rss, cpu)
+
+
+CPU_PARTS = ("peer", "origin", "clients", "bench")
+
+
+def cpu_figures(seconds: dict[str, float], size: int, span: float) -> Figures:
+    """CPU seconds per GB delivered to the clients, per part, and how many cores were busy.
+
+    `other` is the box's busy time no part accounts for (kernel threads, other work on the
+    machine, py-spy under --profile).
+    """
+    gb = size / 1e9
+    out: Figures = {f"cpu_{k}_s_per_gb": seconds[k] / gb for k in CPU_PARTS if k in seconds}
+    if "box" in seconds:
+        out["cpu_box_s_per_gb"] = seconds["box"] / gb
+        parts = sum(seconds.get(k, 0.0) for k in CPU_PARTS)
+        out["cpu_other_s_per_gb"] = (seconds["box"] - parts) / gb
+        out["cpu_box_cores"] = seconds["box"] / span if span > 0 else None
+    return out
+
+
+def batch_timeout(s: Settings, clients: int) -> float:
+    """curl's --max-time: the run's, or enough for `clients` images at 0.5 GB/s in all."""
+    return max(s.curl_timeout, clients * s.image_size / 0.5e9)
 
 
 def hits(peer: Peer, clients: int, s: Settings, warm: bool) -> Figures:
@@ -46,9 +103,9 @@ def hits(peer: Peer, clients: int, s: Settings, warm: bool) -> Figures:
     if warm:
         _batch_figures(curl_many(peer.file_url, 1, s.curl_timeout), s.image_size, None)
     lag = peer.loop_lag_buckets()
-    with RssSampler(peer.pids()) as rss:
-        batch = curl_many(peer.file_url, clients, s.curl_timeout)
-    figures = _batch_figures(batch, s.image_size, rss)
+    with watching(peer, s) as watch:
+        batch = curl_many(peer.file_url, clients, batch_timeout(s, clients))
+    figures = watch.figures(batch, s.image_size)
     figures["loop_stall_ms"] = worst_lag_ms(lag, peer.loop_lag_buckets())
     return figures
 
@@ -57,12 +114,22 @@ def cold(peer: Peer, clients: int, s: Settings) -> Figures:
     """Cold requests: empty the cache, then `clients` ask at once; count the origin's data GETs."""
     peer.empty_cache()
     before, lag = peer.upstream_gets(), peer.loop_lag_buckets()
-    with RssSampler(peer.pids()) as rss:
-        batch = curl_many(peer.file_url, clients, s.curl_timeout)
-    figures = _batch_figures(batch, s.image_size, rss)
+    with watching(peer, s) as watch:
+        batch = curl_many(peer.file_url, clients, batch_timeout(s, clients))
+    figures = watch.figures(batch, s.image_size)
     figures["upstream_gets"] = _settled(peer, before)
     time.sleep(0.05)  # let the lag sampler observe the last commit (fsync + rename)
     figures["loop_stall_ms"] = worst_lag_ms(lag, peer.loop_lag_buckets())
+    return figures
+
+
+def hits_idle(peer: Peer, clients: int, idle: int, s: Settings) -> Figures:
+    """Hits by `clients` while `idle` kept-alive connections sit open on the peer."""
+    port = int(peer.url.rsplit(":", 1)[1].rstrip("/"))
+    with idle_connections(port, idle) as held:
+        figures = hits(peer, clients, s, warm=False)
+    figures["idle_opened"] = float(held.opened)
+    figures["idle_open_after"] = None if held.open_after is None else float(held.open_after)
     return figures
 
 
@@ -104,6 +171,13 @@ def _settled(peer: Peer, before: int | None) -> float | None:
     return float(after - before)
 
 
+def machine_ceilings(s: Settings) -> Figures:
+    """sha512 on one core, disk write + fdatasync, loopback TCP: this round's machine limits."""
+    assert s.scratch is not None and s.discard is not None, "the bench sets both"
+    figures: Figures = dict(ceilings.measure(s.scratch, s.image_size, s.discard))
+    return figures
+
+
 def passthrough(peers: list[Peer], rate: float, duration: float) -> dict[str, Figures]:
     """Metadata GET latency at a fixed request rate, the peers taking turns second by second."""
     lats = paced_gets({p.name: p.meta_url for p in peers}, rate, duration)
@@ -128,24 +202,54 @@ class Scenario:
     run: Callable[[Peer, Settings], Figures] | None  # one peer at a time
     peers: tuple[str, ...]
     together: Callable[[list[Peer], Settings], dict[str, Figures]] | None = None  # all at once
+    machine: Callable[[Settings], Figures] | None = None  # no peer: recorded as peer "machine"
+    default: bool = True  # False: heavy, run only when --scenarios names it
 
     def measure(self, peers: list[Peer], s: Settings) -> dict[str, Figures]:
+        if self.machine:
+            return {MACHINE: self.machine(s)}
         if self.together:
             return self.together(peers, s)
         assert self.run is not None
         return {p.name: self.run(p, s) for p in peers}
 
 
+MACHINE = "machine"  # the pseudo-peer of machine-wide figures (the ceilings)
 CACHES = ("nginx", "varnish", "glance-cache", "edgecache", "edgecache-gc")
 EVERYONE = ("glance", *CACHES)
+# uWSGI (both Glances) pins a thread per open connection: 2,000 idle ones would starve it by design
+EVENT_DRIVEN = ("nginx", "varnish", "edgecache", "edgecache-gc")
+IDLE = 2000
 META_PEERS = ("glance", "nginx", "edgecache")  # direct, a plain reverse proxy, us
 
 SCENARIOS = (
+    Scenario("ceilings", "machine ceilings", None, (), machine=machine_ceilings),
     Scenario("cold1", "cold miss, 1 client", lambda p, s: cold(p, 1, s), EVERYONE),
     Scenario("hit1", "hit, 1 client", lambda p, s: hits(p, 1, s, warm=True), EVERYONE),
     Scenario("hit8", "hit, 8 clients", lambda p, s: hits(p, 8, s, warm=False), EVERYONE),
+    Scenario("hit50", "hit, 50 clients", lambda p, s: hits(p, 50, s, warm=False), EVERYONE),
+    Scenario(
+        "hit200",
+        "hit, 200 clients",
+        lambda p, s: hits(p, 200, s, warm=False),
+        EVERYONE,
+        default=False,
+    ),
+    Scenario(
+        f"hit8-idle{IDLE}",
+        f"hit, 8 clients, {IDLE:,} idle keep-alive connections open",
+        lambda p, s: hits_idle(p, 8, IDLE, s),
+        EVENT_DRIVEN,
+    ),
     Scenario("cold8", "8 concurrent cold requests", lambda p, s: cold(p, 8, s), CACHES),
     Scenario("cold50", "50 concurrent cold requests", lambda p, s: cold(p, 50, s), CACHES),
+    Scenario(
+        "cold200",
+        "200 concurrent cold requests",
+        lambda p, s: cold(p, 200, s),
+        CACHES,
+        default=False,
+    ),
     Scenario(
         "meta",
         "metadata GET passthrough at --rate",

@@ -299,12 +299,11 @@ class GlanceUpstream:
         )
         rest = self._rest_for(response)
         if response.status == 200:
-            return HttpBody(response, on_break=rest, read_timeout=self._timeout.sock_read)
+            return HttpBody(response, on_break=rest)
         if response.status == 206 and offset:
             start = content_range_start(response.headers.get("Content-Range", ""))
             if start == offset:
-                return HttpBody(response, start=offset, on_break=rest,
-                                read_timeout=self._timeout.sock_read)
+                return HttpBody(response, start=offset, on_break=rest)
             response.close()
             raise UpstreamError(
                 f"image {image_id}: asked for bytes {offset}-, got Content-Range "

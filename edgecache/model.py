@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import AsyncIterator, Mapping
+import socket
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 #: Image ids are UUIDs in Glance's schema; anything else can never name an image.
 UUID_PATTERN = (
@@ -185,6 +186,35 @@ class ImageBody(Protocol):
 
     def close(self) -> None:
         """Release the connection (a half-read body is never reused)."""
+        ...
+
+
+@dataclass
+class RawStream:
+    """An image body's connection, taken out of the HTTP client to be read in a thread.
+
+    The bytes on ``sock`` are the body itself (no TLS, no chunking, no content
+    coding): the fill reads them into its own buffers, off the event loop.
+    """
+
+    #: a descriptor of its own (non-blocking), which the reader closes
+    sock: socket.socket
+    #: body bytes the client had already received when the stream was taken
+    head: bytes
+    #: body bytes still to come after ``head``; None: until the sender closes
+    remaining: int | None
+    #: longest wait for the next bytes (None: no limit), as the client's own
+    read_timeout: float | None = None
+    #: called once when the body breaks off (the sender is then rested)
+    on_break: Callable[[], None] | None = None
+
+
+@runtime_checkable
+class DetachableBody(Protocol):
+    """A body whose bytes can be read straight off its socket."""
+
+    def detach(self) -> RawStream | None:
+        """Take the connection out of the client (None: its bytes need the client)."""
         ...
 
 

@@ -85,7 +85,7 @@ class ImageCache:
         failure_cooldown: float = 30.0,
         metrics: m.Metrics | None = None,
         clock: Clock = SYSTEM,
-        write: Callable[[int, bytes, int], None] | None = None,
+        write: Callable[[int, bytes | memoryview, int], None] | None = None,
     ) -> None:
         self._store = store
         self._source = source

@@ -19,6 +19,7 @@ docs/behaviour.md#a-full-or-failing-disk).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import logging
@@ -30,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
+from edgecache.core.intake import Intake
 from edgecache.errors import (
     CacheDiskError,
     ChecksumMismatch,
@@ -37,7 +39,7 @@ from edgecache.errors import (
     ShortBody,
     UpstreamError,
 )
-from edgecache.model import ImageBody, ImageMeta, ImageSource
+from edgecache.model import DetachableBody, ImageBody, ImageMeta, ImageSource, RawStream
 
 LOG = logging.getLogger(__name__)
 
@@ -75,7 +77,7 @@ class Fill:
         verify: bool = True,
         clock: Callable[[], float] = time.monotonic,
         on_received: Callable[[int], None] | None = None,
-        write: Callable[[int, bytes, int], None] | None = None,
+        write: Callable[[int, bytes | memoryview, int], None] | None = None,
     ) -> None:
         self.meta = meta
         #: ``write(fd, data, offset)`` puts a chunk on disk (in the writer thread)
@@ -102,6 +104,11 @@ class Fill:
         self._hasher = hashlib.new(self.expected[0]) if self.expected else None
         self._writer = ThreadPoolExecutor(1, thread_name_prefix=f"write-{self.image_id[:8]}")
         self._hashing = ThreadPoolExecutor(1, thread_name_prefix=f"hash-{self.image_id[:8]}")
+        #: the thread reading a detached body (core/intake.py), made on first use
+        self._reading: ThreadPoolExecutor | None = None
+        #: where the intake's bytes on disk end, and whether the loop has been told
+        self._landed_end = 0
+        self._landing_queued = False
         #: set in the writer thread when :attr:`fd` is closed (no reader may reopen it then)
         self._fd_closed = False
         self.verified = False
@@ -229,6 +236,8 @@ class Fill:
         """Release the writer and hasher threads (once the fill has ended)."""
         self._writer.shutdown(wait=False, cancel_futures=True)
         self._hashing.shutdown(wait=False, cancel_futures=True)
+        if self._reading is not None:
+            self._reading.shutdown(wait=False, cancel_futures=True)
 
     def _wake(self) -> None:
         waiting, self._progress = self._progress, asyncio.get_running_loop().create_future()
@@ -261,6 +270,10 @@ class Fill:
         skip = self.received - body.start
         if skip < 0:
             raise ShortBody(f"upstream resumed at {body.start}, expected {self.received}")
+        raw = self._detach(body)
+        if raw is not None:
+            await self._pump_raw(raw, skip)
+            return
         writes: deque[asyncio.Future[None]] = deque()
         hashes: deque[asyncio.Future[None]] = deque()
         try:
@@ -303,7 +316,58 @@ class Fill:
                 # landed before anyone reads it (disk_failed_at).
                 await asyncio.sleep(0)
 
-    def _write_at(self, chunk: bytes, offset: int) -> None:
+    def _detach(self, body: ImageBody) -> RawStream | None:
+        """The body's socket, when this fill may read it in its own thread.
+
+        Not for a paced prefetch (its throttle lives on the loop), nor for bytes
+        no hash will check: those keep aiohttp's framing checks.
+        """
+        if self.throttle is not None or self._hasher is None:
+            return None
+        if not isinstance(body, DetachableBody):
+            return None
+        return body.detach()
+
+    async def _pump_raw(self, raw: RawStream, skip: int) -> None:
+        """:meth:`pump` for a body read off its socket by an :class:`Intake` thread."""
+        loop = asyncio.get_running_loop()
+        intake = Intake(
+            raw, offset=self.received, skip=skip, limit=self.size,
+            write=self._write_at, hash_chunk=self._hash, hashing=self._hashing,
+            on_landed=functools.partial(self._landed, loop), on_received=self._on_received,
+        )
+        if self._reading is None:
+            self._reading = ThreadPoolExecutor(1, thread_name_prefix=f"read-{self.image_id[:8]}")
+        running = loop.run_in_executor(self._reading, intake.run)
+        try:
+            await asyncio.shield(running)
+        except asyncio.CancelledError:
+            intake.stop()
+            with contextlib.suppress(Exception):  # the fill is being cancelled anyway
+                await asyncio.shield(running)
+            raise
+        finally:
+            self.received = max(self.received, intake.offset)
+            self._take_landed()
+
+    def _landed(self, loop: asyncio.AbstractEventLoop, end: int) -> None:
+        """In the intake thread: bytes up to ``end`` are on disk. One wake-up queued at
+        a time: the loop takes the latest end when it gets to it."""
+        self._landed_end = end
+        if not self._landing_queued:
+            self._landing_queued = True
+            loop.call_soon_threadsafe(self._take_landed)
+
+    def _take_landed(self) -> None:
+        self._landing_queued = False  # before the read: a later end queues a new call
+        end = self._landed_end
+        if end > self.written:
+            self.received = max(self.received, end)
+            self.written = end
+            self.last_progress = self._clock()
+            self._wake()
+
+    def _write_at(self, chunk: bytes | memoryview, offset: int) -> None:
         try:
             self._write(self.fd, chunk, offset)
         except OSError as exc:
@@ -311,7 +375,7 @@ class Fill:
                 f"writing {len(chunk)} bytes at {offset} of {self.partial}: {exc}"
             ) from exc
 
-    def _hash(self, chunk: bytes, end: int) -> None:
+    def _hash(self, chunk: bytes | memoryview, end: int) -> None:
         assert self._hasher is not None
         self._hasher.update(chunk)
         self._marks.append((end, self._hasher.copy()))
@@ -413,7 +477,7 @@ def _close_unwanted(opening: asyncio.Future[int]) -> None:
         _ = asyncio.get_running_loop().run_in_executor(None, os.close, opening.result())
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
     view = memoryview(data)
     while view:
         written = os.pwrite(fd, view, offset)

@@ -299,11 +299,12 @@ class GlanceUpstream:
         )
         rest = self._rest_for(response)
         if response.status == 200:
-            return HttpBody(response, on_break=rest)
+            return HttpBody(response, on_break=rest, read_timeout=self._timeout.sock_read)
         if response.status == 206 and offset:
             start = content_range_start(response.headers.get("Content-Range", ""))
             if start == offset:
-                return HttpBody(response, start=offset, on_break=rest)
+                return HttpBody(response, start=offset, on_break=rest,
+                                read_timeout=self._timeout.sock_read)
             response.close()
             raise UpstreamError(
                 f"image {image_id}: asked for bytes {offset}-, got Content-Range "

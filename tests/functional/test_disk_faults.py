@@ -186,7 +186,7 @@ async def test_an_eio_mid_fill_still_gives_every_caller_the_image(
     image_id = meta["id"]
     failed = asyncio.Event()
 
-    def write(fd: int, chunk: bytes, offset: int) -> None:
+    def write(fd: int, chunk: bytes | memoryview, offset: int) -> None:
         if offset + len(chunk) > MiB:
             failed.set()
             raise OSError(errno.EIO, "Input/output error")
@@ -223,7 +223,7 @@ async def test_a_relay_of_wrong_bytes_is_cut_never_clean(
         data, fault=Fault(wrong_hash=True, trickle_chunk=64 * KiB, trickle_delay=0.01)
     )["id"]
 
-    def write(fd: int, chunk: bytes, offset: int) -> None:
+    def write(fd: int, chunk: bytes | memoryview, offset: int) -> None:
         if offset >= 256 * KiB:
             raise OSError(errno.EIO, "Input/output error")
         os.pwrite(fd, chunk, offset)
@@ -257,7 +257,7 @@ async def test_a_range_read_from_a_fill_whose_disk_fails_is_whole_and_verified(
         data, fault=Fault(trickle_chunk=64 * KiB, trickle_delay=0.01)
     )["id"]
 
-    def write(fd: int, chunk: bytes, offset: int) -> None:
+    def write(fd: int, chunk: bytes | memoryview, offset: int) -> None:
         if offset + len(chunk) > MiB:
             raise OSError(errno.EIO, "Input/output error")
         os.pwrite(fd, chunk, offset)

@@ -12,6 +12,7 @@ import asyncio
 import errno
 import hashlib
 import os
+import socket
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from edgecache.errors import (
     ShortBody,
     UpstreamError,
 )
-from edgecache.model import ImageMeta
+from edgecache.model import ImageMeta, RawStream
 from tests.support.clock import FakeClock, settle
 
 DATA = bytes(range(256)) * 40 + b"tail"  # 10244 bytes, every byte value
@@ -99,7 +100,7 @@ class Files:
 
     def fill(self, meta: ImageMeta, *, clock: FakeClock | None = None,
              verify: bool = True,
-             write: Callable[[int, bytes, int], None] | None = None) -> Fill:
+             write: Callable[[int, bytes | memoryview, int], None] | None = None) -> Fill:
         partial = self.root / f"{meta.id}.{len(self.fds)}"
         fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         self.fds.append(fd)
@@ -232,7 +233,7 @@ async def test_a_body_longer_than_the_image_is_a_short_body(files: Files) -> Non
 async def test_a_failed_write_leaves_no_hole_for_readers(files: Files) -> None:
     """The second chunk's write fails (a disk error); the third, queued behind it, lands:
     the watermark stops before the failed chunk and the pump fails."""
-    def write(fd: int, data: bytes, offset: int) -> None:
+    def write(fd: int, data: bytes | memoryview, offset: int) -> None:
         if offset == 1000:
             raise OSError(errno.EIO, "Input/output error")
         os.pwrite(fd, data, offset)
@@ -250,7 +251,7 @@ async def test_a_disk_failure_leaves_readers_the_bytes_on_disk_and_the_hash_of_t
 ) -> None:
     """The disk refuses the write at 5000: readers may still send the 5000 bytes on disk,
     then are told to relay, from 5000 on, with the hash state of those 5000 bytes."""
-    def write(fd: int, data: bytes, offset: int) -> None:
+    def write(fd: int, data: bytes | memoryview, offset: int) -> None:
         if offset >= 5000:
             raise OSError(errno.ENOSPC, "No space left on device")
         os.pwrite(fd, data, offset)
@@ -469,3 +470,48 @@ async def test_a_throttled_fill_takes_each_piece_until_lifted(files: Files) -> N
     fill.lift_throttle()
     assert throttle.lifted == 1
 
+
+
+class SocketBody(ListBody):
+    """A body whose bytes come off a socket pair (as a detached HTTP body's would)."""
+
+    def __init__(self, head: bytes, size: int) -> None:
+        super().__init__([head])
+        self.content_length = size
+        self.sender, self.receiver = socket.socketpair()
+        self.receiver.setblocking(False)
+        self.head = head
+
+    def detach(self) -> RawStream:
+        return RawStream(self.receiver, self.head, (self.content_length or 0) - len(self.head))
+
+
+async def test_a_detached_body_is_read_in_a_thread_and_readers_see_it_land(
+    files: Files,
+) -> None:
+    fill = files.fill(image())
+    body = SocketBody(DATA[:100], len(DATA))
+    pumping = asyncio.create_task(fill.pump(body))
+    end = await asyncio.wait_for(fill.wait_readable(0), 5)
+    assert end == 100  # the head, already in: the loop was told where the disk ends
+    await asyncio.to_thread(body.sender.sendall, DATA[100:])
+    await asyncio.wait_for(pumping, 5)
+    fill.verify()
+    assert fill.readable_end() == len(DATA)
+    assert os.pread(fill.fd, len(DATA) + 1, 0) == DATA
+    body.sender.close()
+
+
+async def test_cancelling_a_pump_stops_its_intake_thread(files: Files) -> None:
+    fill = files.fill(image())
+    body = SocketBody(DATA[:100], len(DATA))
+    pumping = asyncio.create_task(fill.pump(body))
+    await asyncio.wait_for(fill.wait_readable(0), 5)
+
+    pumping.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(pumping, 5)
+
+    assert fill.written == 100
+    assert body.receiver.fileno() == -1  # the intake closed its socket and ended
+    body.sender.close()

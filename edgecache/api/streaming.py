@@ -4,13 +4,23 @@ One ``sendfile`` of a whole multi-GiB file lets a fast client monopolise the
 event loop; slices of a few MiB let every connection take its turn (docs/behaviour.md#hits).
 The same loop tails a growing partial file: it sends what the fill has made
 readable, then waits for more.
+
+The ``sendfile`` calls themselves run in a small pool of sender threads
+(:class:`Senders`): the call releases the GIL, so responses use every core, and
+the kernel's time inside it (the copy, loopback's receive path) never stalls
+the event loop. A thread only sends what the socket takes at once; waiting for
+a slow client to make room is the loop's job, so a client that stops reading
+holds no thread. Slices shrink as more responses share the pool, so a new
+response's first bytes never queue behind many large slices.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
@@ -21,6 +31,68 @@ SLICE = 2 << 20
 #: Bytes a response sent with sendfile: they bypass aiohttp's writer, so its
 #: byte count (``body_length``) misses them; the access line adds them back.
 SENDFILE_BYTES_KEY = web.RequestKey("edgecache.sendfile_bytes", int)
+
+
+#: Sender threads: a few per core (a thread may also wait on the disk for a page).
+SENDER_THREADS = 4 * (os.cpu_count() or 1)
+#: Bytes in flight across every response's slice: each gets its share of it...
+_SLICES_TOTAL = 64 << 20
+#: ...within these bounds.
+_SLICE_MIN, _SLICE_MAX = 256 << 10, 8 << 20
+
+
+class Senders:
+    """The threads that run every response's ``sendfile`` (see the module's docstring)."""
+
+    def __init__(self, threads: int | None = None) -> None:
+        self._pool = ThreadPoolExecutor(threads or SENDER_THREADS, thread_name_prefix="send")
+        #: responses sending now: the slice each gets shrinks as they grow
+        self.active = 0
+
+    def slice(self) -> int:
+        return max(_SLICE_MIN, min(_SLICE_MAX, _SLICES_TOTAL // max(1, self.active)))
+
+    def send(
+        self, sock: int, file: int, offset: int, count: int
+    ) -> asyncio.Future[tuple[int, bool]]:
+        """Send up to ``count`` bytes of ``file`` from ``offset`` on ``sock``, in a thread.
+
+        Resolves to the bytes sent and whether the file ended first (it holds
+        fewer bytes than asked). Fewer bytes sent with ``False``: the socket is full.
+        """
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(self._pool, _send_now, sock, file, offset, count)
+
+    def close_later(self, descriptors: tuple[int, int]) -> None:
+        try:
+            self._pool.submit(_close_both, descriptors)
+        except RuntimeError:  # shut down: nothing else runs there any more
+            _close_both(descriptors)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+#: The app's senders (daemon/app.py makes them); without them the loop sends.
+SENDERS_KEY = web.AppKey("edgecache.senders", Senders)
+
+
+def _send_now(sock: int, file: int, offset: int, count: int) -> tuple[int, bool]:
+    """In a sender thread: ``sendfile`` while the (non-blocking) socket takes bytes."""
+    sent = 0
+    while sent < count:
+        try:
+            step = os.sendfile(sock, file, offset + sent, count - sent)
+        except (BlockingIOError, InterruptedError):
+            return sent, False
+        except OSError as exc:
+            if exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF):
+                raise ClientGone(str(exc)) from exc
+            raise
+        if step == 0:
+            return sent, True
+        sent += step
+    return sent, False
 
 
 class ClientGone(ConnectionResetError):
@@ -52,28 +124,67 @@ async def send_fd(
     transport = request.transport
     if transport is None or transport.is_closing():
         raise ClientGone("client went away")
-    # closefd=False: the caller owns ``fd`` and closes it off the loop (a dup's close here
-    # would be one more close on the loop; its file offset is the caller's own anyway).
-    with os.fdopen(fd, "rb", buffering=0, closefd=False) as file:
-        offset = start
-        while offset < stop:
-            end = stop if readable is None else min(stop, await readable(offset))
-            while offset < end:
-                count = min(SLICE, end - offset)
-                if transport.is_closing():
-                    raise ClientGone("client went away")
-                try:
-                    sent = await loop.sendfile(transport, file, offset, count, fallback=True)
-                except (ConnectionError, RuntimeError) as exc:
-                    raise ClientGone(str(exc)) from exc
-                offset += sent
-                request[SENDFILE_BYTES_KEY] = request.get(SENDFILE_BYTES_KEY, 0) + sent
-                if on_sent is not None and sent:
-                    on_sent(sent)
-                if sent < count:
+    senders = request.app.get(SENDERS_KEY)
+    sock = transport.get_extra_info("socket")
+    if (transport.get_extra_info("sslcontext") is not None or sock is None
+            or not hasattr(os, "sendfile")):
+        senders = None  # TLS bytes are the transport's to make (or no sendfile): the loop's
+    # The threads' own descriptors of the socket and the file, closed only once no
+    # thread uses them: if the connection or the caller closes theirs meanwhile, a
+    # number a thread sends with is never one a new file or socket has been given.
+    own = (os.dup(sock.fileno()), os.dup(fd)) if senders is not None else None
+    sending: asyncio.Future[tuple[int, bool]] | None = None
+    if senders is not None:
+        senders.active += 1
+    try:
+        # closefd=False: the caller owns ``fd`` and closes it off the loop (its file
+        # offset is the caller's own anyway).
+        with os.fdopen(fd, "rb", buffering=0, closefd=False) as file:
+            offset = start
+            while offset < stop:
+                end = stop if readable is None else min(stop, await readable(offset))
+                while offset < end:
+                    count = min(SLICE if senders is None else senders.slice(), end - offset)
                     if transport.is_closing():
                         raise ClientGone("client went away")
-                    raise FileShrank(f"the file ends at {offset}, before byte {stop}")
+                    sent, ended = 0, False
+                    if own is not None and transport.get_write_buffer_size() == 0:
+                        assert senders is not None
+                        sending = senders.send(*own, offset, count)
+                        sent, ended = await asyncio.shield(sending)
+                    if not sent and not ended:
+                        # The socket is full (or aiohttp still holds bytes for it): the
+                        # loop waits until the client makes room, then sends some.
+                        try:
+                            sent = await loop.sendfile(transport, file, offset, count,
+                                                       fallback=True)
+                        except (ConnectionError, RuntimeError) as exc:
+                            raise ClientGone(str(exc)) from exc
+                        ended = sent < count
+                    offset += sent
+                    request[SENDFILE_BYTES_KEY] = request.get(SENDFILE_BYTES_KEY, 0) + sent
+                    if on_sent is not None and sent:
+                        on_sent(sent)
+                    if ended:
+                        if transport.is_closing():
+                            raise ClientGone("client went away")
+                        raise FileShrank(f"the file ends at {offset}, before byte {stop}")
+    finally:
+        if senders is not None:
+            senders.active -= 1
+        if own is not None:
+            assert senders is not None
+            # In a thread (an evicted file's last close frees its blocks, which can take
+            # a while); after the slice still running, if cancelled mid-slice.
+            if sending is not None and not sending.done():
+                sending.add_done_callback(lambda _: senders.close_later(own))
+            else:
+                senders.close_later(own)
+
+
+def _close_both(descriptors: tuple[int, int]) -> None:
+    for descriptor in descriptors:
+        os.close(descriptor)
 
 
 def abort(request: web.Request) -> None:

@@ -40,6 +40,7 @@ from edgecache.api.cache_api import CACHE_ADMIN_KEY, CacheAdmin
 from edgecache.api.health import HEALTH_KEY, Health
 from edgecache.api.images import ImageService
 from edgecache.api.routes import SERVICE_KEY, setup_routes
+from edgecache.api.streaming import SENDERS_KEY, Senders
 from edgecache.clock import SYSTEM, Clock
 from edgecache.core.cache import ImageCache
 from edgecache.core.diskstore import DiskStore
@@ -75,6 +76,8 @@ def make_app(
     app[CLOCK_KEY] = clock
     app[HEALTH_KEY] = Health(clock=clock)
     app.cleanup_ctx.append(_service)
+    app[SENDERS_KEY] = Senders()
+    app.on_cleanup.append(_close_senders)
     setup_routes(app)
     if settings.auth_strategy == "keystone":
         if settings.keystone_conf is None:
@@ -86,6 +89,10 @@ def make_app(
 
         authn.setup(app, KeystoneValidator(settings.keystone_conf, clock=clock))
     return app
+
+
+async def _close_senders(app: web.Application) -> None:
+    app[SENDERS_KEY].close()
 
 
 async def _service(app: web.Application) -> AsyncIterator[None]:

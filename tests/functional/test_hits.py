@@ -19,6 +19,7 @@ import pytest
 from pytest_aiohttp import AiohttpClient
 
 from edgecache.api import images as images_api
+from edgecache.api import streaming
 from edgecache.core.cache import DISK_THREADS
 from lab.units import MiB
 from tests.functional import Edge, eventually, file_path, read_body, sha512, start_edgecache
@@ -391,3 +392,27 @@ async def test_a_client_that_hangs_up_after_the_last_byte_is_logged_as_served(
     (line,) = [r.getMessage() for r in caplog.records
                if r.name == "edgecache.access" and file_path(image_id) in r.getMessage()]
     assert " status=200 " in line, line
+
+
+async def test_a_client_that_stops_reading_holds_no_sender_thread(
+    aiohttp_client: AiohttpClient, faulty_glance: FaultyGlance, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With one sender thread, a stalled client must not stop anyone else's download."""
+    monkeypatch.setattr(streaming, "SENDER_THREADS", 1)
+    edge = await start_edgecache(aiohttp_client, tmp_path / "cache", (faulty_glance.url,))
+    data = os.urandom(32 * MiB)
+    image_id = faulty_glance.add_image(data)["id"]
+    assert (await edge.fetch(file_path(image_id))).body == data
+    await edge.settled()
+
+    async with edge.client.get(file_path(image_id)) as stalled:
+        assert stalled.status == 200
+        await stalled.content.readany()
+        await eventually(lambda: blocked_connections(edge) == 1, what="the hit to stall")
+
+        other = await edge.fetch(file_path(image_id), within=10)
+        assert other.status == 200 and other.body == data
+
+        rest = await asyncio.wait_for(stalled.content.read(), 10)
+        assert len(rest) > 0

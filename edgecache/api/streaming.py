@@ -152,9 +152,14 @@ async def send_fd(
                         assert senders is not None
                         sending = senders.send(*own, offset, count)
                         sent, ended = await asyncio.shield(sending)
+                        if not sent and not ended:
+                            # The socket is full: the loop waits until the client makes
+                            # room; the next slice goes to a thread again.
+                            await _writable(loop, own[0])
+                            continue
                     if not sent and not ended:
-                        # The socket is full (or aiohttp still holds bytes for it): the
-                        # loop waits until the client makes room, then sends some.
+                        # aiohttp still holds bytes for the socket (or no threads): the
+                        # loop sends this slice, after those.
                         try:
                             sent = await loop.sendfile(transport, file, offset, count,
                                                        fallback=True)
@@ -180,6 +185,22 @@ async def send_fd(
                 sending.add_done_callback(lambda _: senders.close_later(own))
             else:
                 senders.close_later(own)
+
+
+async def _writable(loop: asyncio.AbstractEventLoop, sock: int) -> None:
+    """Wait until ``sock`` (a descriptor of our own, never the transport's) takes bytes,
+    or has failed: the next ``sendfile`` then says which."""
+    ready = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_writer(sock, wake)
+    try:
+        await ready
+    finally:
+        loop.remove_writer(sock)
 
 
 def _close_both(descriptors: tuple[int, int]) -> None:

@@ -43,7 +43,7 @@ from edgecache.api.errors import (
     upstream_request_id,
 )
 from edgecache.api.ranges import BadRange, ByteRange, UnsatisfiableRange, requested_range
-from edgecache.api.streaming import ClientGone, FileShrank, abort, send_fd
+from edgecache.api.streaming import SENDERS_KEY, ClientGone, FileShrank, abort, send_fd
 from edgecache.core.cache import ImageCache
 from edgecache.core.decision import Action, Facts, Glance, Kind, Ranged, decide
 from edgecache.core.fill import Fill
@@ -398,11 +398,14 @@ async def _send_fill(
     await response.prepare(request)
     start, stop = (byte_range.start, byte_range.stop) if byte_range else (0, fill.size)
     sent = start
+    senders = request.app.get(SENDERS_KEY)
+    # Readers of a fill send in batches of half their slice: many readers, few hops.
+    batch = senders.slice() // 2 if senders is not None else 1
 
     async def readable(offset: int) -> int:
         nonlocal sent
         sent = offset  # send_fd asks only once everything before offset went out
-        end = await fill.wait_readable(offset, stop)
+        end = await fill.wait_readable(offset, stop, batch=batch)
         if end >= stop:
             outcome.settle()  # everything this response carries is readable: it counts now
         return end

@@ -139,17 +139,40 @@ class Fill:
             return stop
         return max(0, min(self.written, stop - 1))
 
-    async def wait_readable(self, offset: int, stop: int | None = None) -> int:
-        """Wait until bytes past ``offset`` (of ``[0, stop)``) may be sent, or all of them."""
+    async def wait_readable(
+        self, offset: int, stop: int | None = None, *, batch: int = 1, within: float = 0.02
+    ) -> int:
+        """Wait until bytes past ``offset`` (of ``[0, stop)``) may be sent, or all of them.
+
+        ``batch``: wait for that many bytes (or the rest) when fewer are there,
+        for at most ``within`` seconds once some are: fifty readers of one fill
+        then send a few large slices each, not one per landed MiB.
+        """
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
         while True:
             end = self.readable_end(stop)
-            if end > offset or (self.verified and end >= offset):
+            if self.verified and end >= offset:
                 return end
+            if end > offset:
+                last = (self.size if stop is None else min(stop, self.size)) - 1
+                if end - offset >= batch or end >= last:
+                    return end
+                deadline = deadline or loop.time() + within
+                if loop.time() >= deadline:
+                    return end
             if self.disk_failed_at is not None:
+                if end > offset:
+                    return end
                 assert self.error is not None
                 raise CacheDiskError(str(self.error)) from self.error
             # shield: a reader that goes away must not cancel everyone's wake-up
-            await asyncio.shield(self._progress)
+            progress = asyncio.shield(self._progress)
+            if deadline is None:
+                await progress
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(progress, max(0.0, deadline - loop.time()))
 
     async def wait_started(self) -> None:
         await asyncio.shield(self.started)

@@ -128,7 +128,10 @@ def content_range_start(header: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def store_body(display: str, response: aiohttp.ClientResponse, offset: int) -> HttpBody:
+def store_body(
+    display: str, response: aiohttp.ClientResponse, offset: int,
+    *, read_timeout: float | None = None,
+) -> HttpBody:
     """A store's answer to a (possibly ranged) object GET, as a body a fill can pump.
 
     A 200 is taken even when a Range was asked (the fill drops what it already
@@ -136,10 +139,10 @@ def store_body(display: str, response: aiohttp.ClientResponse, offset: int) -> H
     else is a store failure. ``display`` names the object without credentials.
     """
     if response.status == 200:
-        return HttpBody(response)
+        return HttpBody(response, read_timeout=read_timeout)
     if response.status == 206 and offset:
         if content_range_start(response.headers.get("Content-Range", "")) == offset:
-            return HttpBody(response, start=offset)
+            return HttpBody(response, start=offset, read_timeout=read_timeout)
         response.close()
         raise UpstreamError(f"{display}: a 206 that does not start at {offset}", reason="store")
     response.close()

@@ -32,5 +32,6 @@ class HttpStore:
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise UpstreamError(f"{display}: {exc!r}", reason="store") from exc
         refuse_redirect(display, response)
-        return store_body(display, response, offset)
+        return store_body(display, response, offset,
+                          read_timeout=self._session.timeout.sock_read)
 

@@ -151,7 +151,8 @@ class SwiftStore:
                 response.close()
                 self._forget(location)
                 continue
-            return store_body(location.display, response, offset)
+            return store_body(location.display, response, offset,
+                              read_timeout=self._session.timeout.sock_read)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _forget(self, location: SwiftLocation) -> None:

@@ -333,6 +333,16 @@ async def _perform(
     # JOIN_FILL, START_FILL, COOLING_DOWN: the cache has the last word, now.
     grant: GrantKey = service.downloads.key(image_id, headers)
     for _ in range(_MAX_REJOINS):
+        hit = await service.cache.open_hit(meta)
+        if hit is not None:
+            # A fill committed it while this caller was being authorized: a hit,
+            # once Glance has said this caller may download it.
+            verdict = None if probed else await _download_verdict(service, image_id, headers)
+            if verdict is not None:
+                service.cache.release_fd(hit.fd)
+                outcome.settle("error")
+                return answer_for(verdict)
+            return await _send_hit(request, asked, hit, service, outcome)
         try:
             joined = await service.cache.fill_for(meta, headers)
         except FillCoolingDown as exc:
@@ -394,8 +404,21 @@ async def _send_fill(
             LOG.warning("image %s: fill could not start: %s", meta.id, exc)
         return answer_for(exc)
 
-    response = image_response(meta, byte_range)
-    await response.prepare(request)
+    try:
+        fd = await fill.open_reader()  # this reader's own file offset
+    except FillAborted:
+        # The fill ended before this reader opened it: its committed copy, if any.
+        hit = await cache.open_hit(meta) if fill.verified else None
+        if hit is None:
+            outcome.settle("error")
+            return unavailable()
+        fd = hit.fd
+    try:
+        response = image_response(meta, byte_range)
+        await response.prepare(request)
+    except BaseException:
+        cache.release_fd(fd)
+        raise
     start, stop = (byte_range.start, byte_range.stop) if byte_range else (0, fill.size)
     sent = start
     senders = request.app.get(SENDERS_KEY)
@@ -410,13 +433,11 @@ async def _send_fill(
             outcome.settle()  # everything this response carries is readable: it counts now
         return end
 
-    fd: int | None = None
     result = outcome.result
     on_sent = _FirstByte(metrics, result, "cache" if result == "hit" else "upstream")
     disk_failed = False
     try:
         try:
-            fd = await fill.open_reader()  # this reader's own file offset
             await send_fd(request, fd, start, stop, readable=readable, on_sent=on_sent)
             if fill.size == 0:
                 await readable(0)
@@ -424,9 +445,8 @@ async def _send_fill(
             LOG.warning("image %s: %s; relaying bytes %d-%d from upstream",
                         meta.id, exc, sent, stop - 1)
             disk_failed = True
-        finally:
-            if fd is not None:  # before the relay: a full disk gets the partial's blocks back
-                cache.release_fd(fd)
+        finally:  # before the relay: a full disk gets the partial's blocks back
+            cache.release_fd(fd)
         if disk_failed:
             try:
                 await _send_relayed(response, relay(sent, stop), stop - sent, outcome, on_sent)

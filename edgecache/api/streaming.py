@@ -21,6 +21,7 @@ import errno
 import os
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import BinaryIO
 
 from aiohttp import web
 
@@ -86,6 +87,8 @@ def _send_now(sock: int, file: int, offset: int, count: int) -> tuple[int, bool]
         except (BlockingIOError, InterruptedError):
             return sent, False
         except OSError as exc:
+            if sent:  # those went out: the next slice meets the error again
+                return sent, False
             if exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF):
                 raise ClientGone(str(exc)) from exc
             raise
@@ -151,7 +154,7 @@ async def send_fd(
                     if own is not None and transport.get_write_buffer_size() == 0:
                         assert senders is not None
                         sending = senders.send(*own, offset, count)
-                        sent, ended = await asyncio.shield(sending)
+                        sent, ended = await _counted_if_cancelled(sending, request, on_sent)
                         if not sent and not ended:
                             # The socket is full: the loop waits until the client makes
                             # room; the next slice goes to a thread again.
@@ -160,16 +163,11 @@ async def send_fd(
                     if not sent and not ended:
                         # aiohttp still holds bytes for the socket (or no threads): the
                         # loop sends this slice, after those.
-                        try:
-                            sent = await loop.sendfile(transport, file, offset, count,
-                                                       fallback=True)
-                        except (ConnectionError, RuntimeError) as exc:
-                            raise ClientGone(str(exc)) from exc
-                        ended = sent < count
+                        sending = asyncio.ensure_future(
+                            _loop_send(loop, transport, file, offset, count))
+                        sent, ended = await _counted_if_cancelled(sending, request, on_sent)
                     offset += sent
-                    request[SENDFILE_BYTES_KEY] = request.get(SENDFILE_BYTES_KEY, 0) + sent
-                    if on_sent is not None and sent:
-                        on_sent(sent)
+                    _count(request, sent, on_sent)
                     if ended:
                         if transport.is_closing():
                             raise ClientGone("client went away")
@@ -185,6 +183,45 @@ async def send_fd(
                 sending.add_done_callback(lambda _: senders.close_later(own))
             else:
                 senders.close_later(own)
+
+
+def _count(request: web.Request, sent: int, on_sent: Callable[[int], None] | None) -> None:
+    request[SENDFILE_BYTES_KEY] = request.get(SENDFILE_BYTES_KEY, 0) + sent
+    if on_sent is not None and sent:
+        on_sent(sent)
+
+
+async def _loop_send(
+    loop: asyncio.AbstractEventLoop, transport: asyncio.BaseTransport, file: BinaryIO,
+    offset: int, count: int,
+) -> tuple[int, bool]:
+    """One slice sent by the loop itself (after the bytes aiohttp still holds)."""
+    assert isinstance(transport, asyncio.WriteTransport)
+    try:
+        sent = await loop.sendfile(transport, file, offset, count, fallback=True)
+    except (ConnectionError, RuntimeError) as exc:
+        raise ClientGone(str(exc)) from exc
+    return sent, sent < count
+
+
+async def _counted_if_cancelled(
+    sending: asyncio.Future[tuple[int, bool]], request: web.Request,
+    on_sent: Callable[[int], None] | None,
+) -> tuple[int, bool]:
+    """Await a slice; if the response is cancelled meanwhile (the client left), the
+    bytes the slice still sent are counted before the cancellation goes on: the
+    access line of a client that hangs up says what it got."""
+    try:
+        return await asyncio.shield(sending)
+    except asyncio.CancelledError:
+        if isinstance(sending, asyncio.Task) and not sending.done():
+            sending.cancel()  # the loop's own send may wait on a client: never for it
+        try:
+            sent, _ = await sending  # a thread's send returns as soon as the socket is full
+        except (OSError, asyncio.CancelledError):
+            sent = 0
+        _count(request, sent, on_sent)
+        raise
 
 
 async def _writable(loop: asyncio.AbstractEventLoop, sock: int) -> None:

@@ -7,11 +7,14 @@ import hashlib
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 from pytest_aiohttp import AiohttpClient
 
+from edgecache.api import images as images_api
+from edgecache.core.cache import ImageCache
 from lab.units import MiB
 from tests.functional import WAIT, Edge, eventually, file_path, read_body, sha512, start_edgecache
 from tests.support.clock import FakeClock
@@ -361,6 +364,66 @@ async def test_caller_that_disconnects_does_not_cancel_the_fill(
     assert hit.body == data
     assert edge.requests("hit") == 1
     assert fg.count("GET", file_path(image_id)) == 1
+
+
+async def test_a_caller_whose_fill_ends_before_it_reads_gets_the_committed_copy(
+    edge: Edge, faulty_glance: FaultyGlance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A joiner that opens the fill only once it has ended and closed its file is a hit."""
+    fg = faulty_glance
+    data = os.urandom(2 * MiB + 5)
+    meta = fg.add_image(data, fault=Fault(trickle_chunk=256 * 1024, trickle_delay=0.02))
+    image_id = meta["id"]
+    fill_for = ImageCache.fill_for
+
+    async def join_late(self: ImageCache, *args: Any, **kwargs: Any) -> Any:
+        joined = await fill_for(self, *args, **kwargs)
+        if joined is not None and not joined[1]:  # a joiner: let the fill end first
+            await self.wait_fill(joined[0])
+        return joined
+
+    monkeypatch.setattr(ImageCache, "fill_for", join_late)
+    starter = asyncio.create_task(edge.fetch(file_path(image_id)))
+    await eventually(lambda: edge.fill_tasks_running(), WAIT, "the fill to start")
+    joiner = await edge.fetch(file_path(image_id))
+    started = await starter
+
+    for got in (started, joiner):
+        assert (got.status, got.error, got.body == data) == (200, None, True)
+    assert fg.count("GET", file_path(image_id)) == 1
+    assert edge.requests("error") == 0
+
+
+async def test_a_caller_authorized_while_a_fill_commits_is_a_hit_not_a_second_fetch(
+    edge: Edge, faulty_glance: FaultyGlance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found no copy and no fill, but by the time it acts the image is committed."""
+    fg = faulty_glance
+    data = os.urandom(MiB + 3)
+    meta = fg.add_image(data)
+    image_id = meta["id"]
+    gather, committed = images_api._gather, asyncio.Event()
+    held: list[bool] = []
+
+    async def gather_then_wait(*args: Any, **kwargs: Any) -> Any:
+        facts = await gather(*args, **kwargs)
+        if not held:  # the first caller decides now and acts once the other has committed
+            held.append(True)
+            await committed.wait()
+        return facts
+
+    monkeypatch.setattr(images_api, "_gather", gather_then_wait)
+    late = asyncio.create_task(edge.fetch(file_path(image_id)))
+    await eventually(lambda: bool(held), WAIT, "the first caller to decide")
+    first = await edge.fetch(file_path(image_id))
+    await edge.settled()
+    committed.set()
+    second = await late
+
+    for got in (first, second):
+        assert (got.status, got.error, got.body == data) == (200, None, True)
+    assert fg.count("GET", file_path(image_id)) == 1
+    assert (edge.requests("miss"), edge.requests("hit")) == (1, 1)
 
 
 async def test_fill_outlives_its_only_caller(edge: Edge, faulty_glance: FaultyGlance) -> None:

@@ -59,4 +59,6 @@ def read_only(root: Path) -> Iterator[Path]:
         _run("mount", "-o", "remount,bind,ro", str(root))
         yield root
     finally:
-        _run("umount", str(root))
+        # lazily: a descriptor the server closes in a thread after its response ended
+        # (a hit's, a sender's) keeps the read-only mount a moment longer
+        _run("umount", "--lazy", str(root))

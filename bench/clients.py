@@ -164,3 +164,72 @@ async def _paced(
                     tasks.append(asyncio.create_task(one(name, record=rep > 0)))
                 await asyncio.gather(*tasks)  # drain before the next peer's turn
     return results
+
+
+def paired_gets(
+    urls: dict[str, str], direct: str, rate: float, duration: float, connections: int = 8
+) -> dict[str, Latencies]:
+    """GET every URL at the same moments (one tick per ``1/rate`` s), and keep, for each
+    proxy, its latency minus direct Glance's in the same tick.
+
+    The origin stalls now and then (~0.1 s every few seconds under uWSGI here, for direct
+    clients too); a peer measured while it stalls gets a p99 that is Glance's, not its own.
+    In one tick every peer meets the same origin, so the difference is what the proxy adds.
+    ``results[direct]`` holds direct Glance's own latencies.
+    """
+    return asyncio.run(_paired(urls, direct, rate, duration, connections))
+
+
+async def _paired(
+    urls: dict[str, str], direct: str, rate: float, duration: float, connections: int
+) -> dict[str, Latencies]:
+    results = {name: Latencies() for name in urls}
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with contextlib.AsyncExitStack() as stack:
+        sessions = {
+            name: await stack.enter_async_context(aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=connections), timeout=timeout))
+            for name in urls
+        }
+
+        async def one(name: str) -> float | None:
+            start = time.perf_counter()
+            try:
+                async with sessions[name].get(urls[name]) as resp:
+                    await resp.read()
+                    if resp.status != 200:
+                        return None
+            except (aiohttp.ClientError, TimeoutError):
+                return None
+            return time.perf_counter() - start
+
+        async def tick(record: bool) -> None:
+            got = dict(zip(urls, await asyncio.gather(*(one(n) for n in urls)), strict=True))
+            if record:
+                record_tick(results, direct, got)
+
+        loop = asyncio.get_running_loop()
+        ticks, warm = max(2, round(rate * duration)), max(1, round(rate))  # 1 s unrecorded
+        t0, tasks = loop.time(), []
+        for i in range(warm + ticks):
+            delay = t0 + i / rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(tick(record=i >= warm)))
+        await asyncio.gather(*tasks)
+    return results
+
+
+def record_tick(
+    results: dict[str, Latencies], direct: str, got: dict[str, float | None]
+) -> None:
+    """One tick of :func:`paired_gets`: direct Glance's latency, each proxy's minus it
+    (None: that request failed; a failed direct request leaves nothing to compare with)."""
+    base = got[direct]
+    for name, seconds in got.items():
+        if seconds is None or base is None:
+            results[name].errors += 1
+        elif name == direct:
+            results[name].seconds.append(seconds)
+        else:
+            results[name].seconds.append(seconds - base)

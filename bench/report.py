@@ -147,6 +147,14 @@ def bars(res: Results, peer: str = "edgecache") -> list[Bar]:
     absolute("passthrough p99 added", res.paired("meta", "p99_ms", peer, "glance", _diff), "ms", 2)
     low = res.paired("meta-low", "p99_ms", peer, "glance", _diff)
     out.append(Bar("(info) passthrough p99 added, --low-rate", low, "ms", "-", None))
+    # The same overhead, paired tick by tick with direct Glance: its own stalls cancel out.
+    absolute("passthrough p50 added, paired, --low-rate",
+             res.median("meta-paired", peer, "p50_ms"), "ms", 2)  # fmt: skip
+    absolute("passthrough p99 added, paired, --low-rate",
+             res.median("meta-paired", peer, "p99_ms"), "ms", 2)  # fmt: skip
+    vs_nginx = res.paired("meta", "p99_ms", peer, "nginx", _ratio)
+    out.append(Bar("passthrough p99 at --rate vs nginx", vs_nginx, "x", "≤ 1.0",
+                   None if vs_nginx is None else vs_nginx <= 1.0))  # fmt: skip
     return out
 
 
@@ -181,7 +189,9 @@ def table(res: Results, peers: list[str], rounds: int) -> str:
         if not present:
             continue
         metrics = [m for m in COLUMNS if any(res.values(scn.key, p, m) for p in present)]
-        if scn.key.startswith("meta"):
+        if scn.key == "meta-paired":
+            refs = []  # a proxy's figures are already its added latency (Glance's: its own)
+        elif scn.key.startswith("meta"):
             refs = [("+p50 ms vs direct", "p50_ms"), ("+p99 ms vs direct", "p99_ms")]
         else:
             refs = [("x varnish", "varnish"), ("x nginx", "nginx")]

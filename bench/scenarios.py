@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import ceilings
-from bench.clients import Batch, curl_many, paced_gets
+from bench.clients import Batch, curl_many, paced_gets, paired_gets
 from bench.idle import idle_connections
 from bench.peers import Peer
 from bench.procs import CpuMeter, RssSampler
@@ -193,6 +193,23 @@ def passthrough(peers: list[Peer], rate: float, duration: float) -> dict[str, Fi
     }
 
 
+def paired_passthrough(peers: list[Peer], rate: float, duration: float) -> dict[str, Figures]:
+    """What each proxy adds to a metadata GET: its latency minus direct Glance's in the same
+    tick (clients.paired_gets). A proxy's p50/p99 here are of that difference; Glance's are
+    its own latencies."""
+    direct = next(p.name for p in peers if p.name == "glance")
+    lats = paired_gets({p.name: p.meta_url for p in peers}, direct, rate, duration)
+    return {
+        name: {
+            "p50_ms": lat.quantile(0.5) * 1000 if lat.seconds else None,
+            "p99_ms": lat.quantile(0.99) * 1000 if lat.seconds else None,
+            "requests": float(len(lat.seconds)),
+            "errors": float(lat.errors),
+        }
+        for name, lat in lats.items()
+    }
+
+
 @dataclass(frozen=True)
 class Scenario:
     """A named measurement and the peers it applies to (by peer name, in run order)."""
@@ -263,5 +280,12 @@ SCENARIOS = (
         None,
         META_PEERS,
         together=lambda peers, s: passthrough(peers, s.low_rate, s.duration),
+    ),
+    Scenario(
+        "meta-paired",
+        "metadata GET added latency at --low-rate, paired with direct Glance tick by tick",
+        None,
+        META_PEERS,
+        together=lambda peers, s: paired_passthrough(peers, s.low_rate, s.duration),
     ),
 )

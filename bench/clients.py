@@ -120,17 +120,24 @@ def paced_gets(
     return asyncio.run(_paced(urls, rate, duration, connections, slice_s))
 
 
+async def _sessions(
+    stack: contextlib.AsyncExitStack, urls: dict[str, str], connections: int
+) -> dict[str, aiohttp.ClientSession]:
+    """One session per peer, at most ``connections`` kept-alive connections each."""
+    timeout = aiohttp.ClientTimeout(total=10)
+    return {
+        name: await stack.enter_async_context(aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=connections), timeout=timeout))
+        for name in urls
+    }
+
+
 async def _paced(
     urls: dict[str, str], rate: float, duration: float, connections: int, slice_s: float
 ) -> dict[str, Latencies]:
     results = {name: Latencies() for name in urls}
-    timeout = aiohttp.ClientTimeout(total=10)
     async with contextlib.AsyncExitStack() as stack:
-        sessions = {}
-        for name in urls:
-            connector = aiohttp.TCPConnector(limit=connections)
-            session = aiohttp.ClientSession(connector=connector, timeout=timeout)
-            sessions[name] = await stack.enter_async_context(session)
+        sessions = await _sessions(stack, urls, connections)
 
         async def one(name: str, record: bool) -> None:
             start = time.perf_counter()
@@ -184,13 +191,8 @@ async def _paired(
     urls: dict[str, str], direct: str, rate: float, duration: float, connections: int
 ) -> dict[str, Latencies]:
     results = {name: Latencies() for name in urls}
-    timeout = aiohttp.ClientTimeout(total=10)
     async with contextlib.AsyncExitStack() as stack:
-        sessions = {
-            name: await stack.enter_async_context(aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=connections), timeout=timeout))
-            for name in urls
-        }
+        sessions = await _sessions(stack, urls, connections)
 
         async def one(name: str) -> float | None:
             start = time.perf_counter()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import ceilings
-from bench.clients import Batch, curl_many, paced_gets, paired_gets
+from bench.clients import Batch, Latencies, curl_many, paced_gets, paired_gets
 from bench.idle import idle_connections
 from bench.peers import Peer
 from bench.procs import CpuMeter, RssSampler
@@ -181,15 +181,15 @@ def machine_ceilings(s: Settings) -> Figures:
 def passthrough(peers: list[Peer], rate: float, duration: float) -> dict[str, Figures]:
     """Metadata GET latency at a fixed request rate, the peers taking turns second by second."""
     lats = paced_gets({p.name: p.meta_url for p in peers}, rate, duration)
+    return {name: {**_latency_figures(lat), "late": float(lat.late)} for name, lat in lats.items()}
+
+
+def _latency_figures(lat: Latencies) -> Figures:
     return {
-        name: {
-            "p50_ms": lat.quantile(0.5) * 1000 if lat.seconds else None,
-            "p99_ms": lat.quantile(0.99) * 1000 if lat.seconds else None,
-            "requests": float(len(lat.seconds)),
-            "errors": float(lat.errors),
-            "late": float(lat.late),
-        }
-        for name, lat in lats.items()
+        "p50_ms": lat.quantile(0.5) * 1000 if lat.seconds else None,
+        "p99_ms": lat.quantile(0.99) * 1000 if lat.seconds else None,
+        "requests": float(len(lat.seconds)),
+        "errors": float(lat.errors),
     }
 
 
@@ -199,15 +199,7 @@ def paired_passthrough(peers: list[Peer], rate: float, duration: float) -> dict[
     its own latencies."""
     direct = next(p.name for p in peers if p.name == "glance")
     lats = paired_gets({p.name: p.meta_url for p in peers}, direct, rate, duration)
-    return {
-        name: {
-            "p50_ms": lat.quantile(0.5) * 1000 if lat.seconds else None,
-            "p99_ms": lat.quantile(0.99) * 1000 if lat.seconds else None,
-            "requests": float(len(lat.seconds)),
-            "errors": float(lat.errors),
-        }
-        for name, lat in lats.items()
-    }
+    return {name: _latency_figures(lat) for name, lat in lats.items()}
 
 
 @dataclass(frozen=True)

@@ -252,6 +252,17 @@ async def _download_verdict(
     return None
 
 
+async def _refusal(
+    service: ImageService, image_id: str, headers: dict[str, str], outcome: _Outcome
+) -> web.Response | None:
+    """Glance's refusal to let this caller download the image, as the answer; None if allowed."""
+    verdict = await _download_verdict(service, image_id, headers)
+    if verdict is None:
+        return None
+    outcome.settle("error")
+    return answer_for(verdict)
+
+
 async def _ask_download(
     service: ImageService, image_id: str, headers: dict[str, str], asked: _Asked,
     facts: Facts, action: Action,
@@ -337,11 +348,10 @@ async def _perform(
         if hit is not None:
             # A fill committed it while this caller was being authorized: a hit,
             # once Glance has said this caller may download it.
-            verdict = None if probed else await _download_verdict(service, image_id, headers)
-            if verdict is not None:
+            refused = None if probed else await _refusal(service, image_id, headers, outcome)
+            if refused is not None:
                 service.cache.release_fd(hit.fd)
-                outcome.settle("error")
-                return answer_for(verdict)
+                return refused
             return await _send_hit(request, asked, hit, service, outcome)
         try:
             joined = await service.cache.fill_for(meta, headers)
@@ -354,10 +364,9 @@ async def _perform(
         if not started_now and not probed:
             # Someone else's fill of these bytes appeared meanwhile: ask first.
             probed = True
-            verdict = await _download_verdict(service, image_id, headers)
-            if verdict is not None:
-                outcome.settle("error")
-                return answer_for(verdict)
+            refused = await _refusal(service, image_id, headers, outcome)
+            if refused is not None:
+                return refused
         failed = await _start_error(fill)
         if isinstance(failed, UpstreamRefused):
             if not started_now:

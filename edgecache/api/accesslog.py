@@ -26,7 +26,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, Response, StreamResponse
 
 from edgecache.api.errors import CACHE_RESULT_KEY, REQUEST_ID_KEY, ROUTE_KEY
-from edgecache.api.streaming import SENDFILE_BYTES_KEY
+from edgecache.api.streaming import SENDFILE_BYTES_KEY, SERVED_WHOLE_KEY
 
 ACCESS_LOG = logging.getLogger("edgecache.access")
 
@@ -84,5 +84,11 @@ class AccessLogger(AbstractAccessLogger):
 
 
 def log_cancelled(request: BaseRequest, duration: float) -> None:
-    """The access line of a handler that was cancelled (499, as nginx writes it)."""
-    _line(request, 499, request.get(SENDFILE_BYTES_KEY, 0), duration, " cancelled")
+    """The access line of a handler that was cancelled (499, as nginx writes it), or of
+    one cancelled as its last byte went out: that response was served."""
+    served = request.get(SERVED_WHOLE_KEY)
+    sent = request.get(SENDFILE_BYTES_KEY, 0)
+    if served is not None:
+        _line(request, served, sent, duration, "")
+    else:
+        _line(request, 499, sent, duration, " cancelled")

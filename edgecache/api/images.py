@@ -447,7 +447,8 @@ async def _send_fill(
     disk_failed = False
     try:
         try:
-            await send_fd(request, fd, start, stop, readable=readable, on_sent=on_sent)
+            await send_fd(request, fd, start, stop, readable=readable, on_sent=on_sent,
+                          status=response.status)
             if fill.size == 0:
                 await readable(0)
         except CacheDiskError as exc:
@@ -506,7 +507,7 @@ async def _send_hit(
         if request.method != "HEAD":
             start, stop = (byte_range.start, byte_range.stop) if byte_range else (0, size)
             try:
-                await send_fd(request, fd, start, stop,
+                await send_fd(request, fd, start, stop, status=response.status,
                               on_sent=_FirstByte(metrics, "hit", "cache"))
             except ClientGone:
                 return response

@@ -32,6 +32,9 @@ SLICE = 2 << 20
 #: Bytes a response sent with sendfile: they bypass aiohttp's writer, so its
 #: byte count (``body_length``) misses them; the access line adds them back.
 SENDFILE_BYTES_KEY = web.RequestKey("edgecache.sendfile_bytes", int)
+#: The status of a response whose last byte went out as its handler was cancelled (the
+#: client hung up once it had them all): its access line says it was served.
+SERVED_WHOLE_KEY = web.RequestKey("edgecache.served_whole", int)
 
 
 #: Sender threads: a few per core (a thread may also wait on the disk for a page).
@@ -114,6 +117,7 @@ async def send_fd(
     *,
     readable: Callable[[int], Awaitable[int]] | None = None,
     on_sent: Callable[[int], None] | None = None,
+    status: int = 200,
 ) -> None:
     """Send bytes [start, stop) of ``fd`` on the prepared response's connection.
 
@@ -122,6 +126,8 @@ async def send_fd(
     raises (a failed fill) after ``on_sent`` has counted what went out, and
     FileShrank when the file holds fewer bytes than it must (the caller cuts the
     connection: the client must never wait out a socket timeout for them).
+    ``status`` is the prepared response's, for the access line of a client that
+    hangs up the moment the last byte reaches it.
     """
     loop = asyncio.get_running_loop()
     transport = request.transport
@@ -154,7 +160,8 @@ async def send_fd(
                     if own is not None and transport.get_write_buffer_size() == 0:
                         assert senders is not None
                         sending = senders.send(*own, offset, count)
-                        sent, ended = await _counted_if_cancelled(sending, request, on_sent)
+                        sent, ended = await _counted_if_cancelled(
+                            sending, request, on_sent, whole=(stop - offset, status))
                         if not sent and not ended:
                             # The socket is full: the loop waits until the client makes
                             # room; the next slice goes to a thread again.
@@ -165,7 +172,8 @@ async def send_fd(
                         # loop sends this slice, after those.
                         sending = asyncio.ensure_future(
                             _loop_send(loop, transport, file, offset, count))
-                        sent, ended = await _counted_if_cancelled(sending, request, on_sent)
+                        sent, ended = await _counted_if_cancelled(
+                            sending, request, on_sent, whole=(stop - offset, status))
                     offset += sent
                     _count(request, sent, on_sent)
                     if ended:
@@ -206,11 +214,12 @@ async def _loop_send(
 
 async def _counted_if_cancelled(
     sending: asyncio.Future[tuple[int, bool]], request: web.Request,
-    on_sent: Callable[[int], None] | None,
+    on_sent: Callable[[int], None] | None, *, whole: tuple[int, int] = (-1, 200),
 ) -> tuple[int, bool]:
     """Await a slice; if the response is cancelled meanwhile (the client left), the
     bytes the slice still sent are counted before the cancellation goes on: the
-    access line of a client that hangs up says what it got."""
+    access line of a client that hangs up says what it got. ``whole``: the bytes
+    left in the response and its status; a slice that sent them all served it."""
     try:
         return await asyncio.shield(sending)
     except asyncio.CancelledError:
@@ -221,6 +230,8 @@ async def _counted_if_cancelled(
         except (OSError, asyncio.CancelledError):
             sent = 0
         _count(request, sent, on_sent)
+        if sent == whole[0]:
+            request[SERVED_WHOLE_KEY] = whole[1]
         raise
 
 

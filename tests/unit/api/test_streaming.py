@@ -12,12 +12,12 @@ from edgecache.api import streaming
 
 
 async def _cancel_mid_slice(
-    sending: asyncio.Future[tuple[int, bool]],
+    sending: asyncio.Future[tuple[int, bool]], whole: tuple[int, int] = (8192, 200),
 ) -> tuple[dict[Any, Any], list[int]]:
     request: dict[Any, Any] = {}
     counted: list[int] = []
     awaiting = asyncio.create_task(streaming._counted_if_cancelled(
-        sending, cast(web.Request, request), counted.append))
+        sending, cast(web.Request, request), counted.append, whole=whole))
     await asyncio.sleep(0)
     awaiting.cancel()
     await asyncio.sleep(0)
@@ -32,6 +32,13 @@ async def test_a_slice_a_thread_finishes_after_the_cancel_is_still_counted() -> 
     request, counted = await _cancel_mid_slice(asyncio.get_running_loop().create_future())
     assert request[streaming.SENDFILE_BYTES_KEY] == 4096
     assert counted == [4096]
+    assert streaming.SERVED_WHOLE_KEY not in request  # 4096 of the 8192 left: not served
+
+
+async def test_a_cancelled_slice_that_sent_the_last_byte_marks_the_response_served() -> None:
+    sending = asyncio.get_running_loop().create_future()
+    request, _ = await _cancel_mid_slice(sending, whole=(4096, 206))
+    assert request[streaming.SERVED_WHOLE_KEY] == 206
 
 
 async def test_a_slice_the_loop_was_still_sending_is_stopped_and_counts_nothing() -> None:

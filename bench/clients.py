@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import secrets
 import statistics
 import subprocess
 import time
@@ -100,6 +102,7 @@ class Latencies:
     seconds: list[float] = field(default_factory=list)
     errors: int = 0
     late: int = 0  # requests issued more than 5 ms after their slot: the client fell behind
+    by_tag: dict[str, float] = field(default_factory=dict)  # TAG query value -> seconds
 
     def quantile(self, q: float) -> float:
         if len(self.seconds) < 2:
@@ -107,10 +110,18 @@ class Latencies:
         return statistics.quantiles(self.seconds, n=1000, method="inclusive")[int(q * 1000) - 1]
 
 
+#: the query parameter naming each metadata request, so the origin's own log line for it can
+#: be found (:func:`outside_origin`); Glance ignores unknown query parameters on a GET
+TAG = "bench_req"
+
+
 def paced_gets(
     urls: dict[str, str], rate: float, duration: float, connections: int = 8, slice_s: float = 1.0
 ) -> dict[str, Latencies]:
     """GET each URL at a fixed rate (open loop), the URLs taking turns in `slice_s` slices.
+
+    Every request carries ``?bench_req=<call>.<peer>.<n>`` (:data:`TAG`; ``call`` is new on
+    each call, as the origin's log outlives it); a recorded one's latency is kept under that tag.
 
     Taking turns every second puts the same drift of a shared, noisy 2-core box into every
     peer's samples, so the difference between peers means something. Connections per peer are
@@ -139,10 +150,13 @@ async def _paced(
     async with contextlib.AsyncExitStack() as stack:
         sessions = await _sessions(stack, urls, connections)
 
+        call, sequence = secrets.token_hex(4), itertools.count()
+
         async def one(name: str, record: bool) -> None:
+            tag = f"{call}.{name}.{next(sequence)}"
             start = time.perf_counter()
             try:
-                async with sessions[name].get(urls[name]) as resp:
+                async with sessions[name].get(urls[name], params={TAG: tag}) as resp:
                     await resp.read()
                     failed = resp.status != 200
             except (aiohttp.ClientError, TimeoutError):
@@ -152,7 +166,9 @@ async def _paced(
             if failed:
                 results[name].errors += 1
             else:
-                results[name].seconds.append(time.perf_counter() - start)
+                seconds = time.perf_counter() - start
+                results[name].seconds.append(seconds)
+                results[name].by_tag[tag] = seconds
 
         # The first round of slices is not recorded: it opens the keep-alive connections and
         # pays each uWSGI thread's first request (lazy imports), which are no proxy's overhead.
@@ -173,65 +189,22 @@ async def _paced(
     return results
 
 
-def paired_gets(
-    urls: dict[str, str], direct: str, rate: float, duration: float, connections: int = 8
-) -> dict[str, Latencies]:
-    """GET every URL at the same moments (one tick per ``1/rate`` s), and keep, for each
-    proxy, its latency minus direct Glance's in the same tick.
+def outside_origin(lat: Latencies, origin_msecs: dict[str, int]) -> Latencies:
+    """Each tagged request's latency minus the time the origin itself logged for it.
 
-    The origin stalls now and then (~0.1 s every few seconds under uWSGI here, for direct
-    clients too); a peer measured while it stalls gets a p99 that is Glance's, not its own.
-    In one tick every peer meets the same origin, so the difference is what the proxy adds.
-    ``results[direct]`` holds direct Glance's own latencies.
+    The origin's own time varies request by request (uWSGI here stalls single requests for
+    0.1-0.3 s every few seconds, on one thread while the next request is fast), so a proxy's
+    end-to-end p99 says where those stalls fell. What is left outside the origin's time is
+    the client's hop, plus the proxy's whole cost when there is one: the difference between a
+    proxy's figure and direct Glance's is what the proxy adds. A request the origin logged
+    twice (a proxy that asked again) keeps its first line: the second is the proxy's cost.
     """
-    return asyncio.run(_paired(urls, direct, rate, duration, connections))
-
-
-async def _paired(
-    urls: dict[str, str], direct: str, rate: float, duration: float, connections: int
-) -> dict[str, Latencies]:
-    results = {name: Latencies() for name in urls}
-    async with contextlib.AsyncExitStack() as stack:
-        sessions = await _sessions(stack, urls, connections)
-
-        async def one(name: str) -> float | None:
-            start = time.perf_counter()
-            try:
-                async with sessions[name].get(urls[name]) as resp:
-                    await resp.read()
-                    if resp.status != 200:
-                        return None
-            except (aiohttp.ClientError, TimeoutError):
-                return None
-            return time.perf_counter() - start
-
-        async def tick(record: bool) -> None:
-            got = dict(zip(urls, await asyncio.gather(*(one(n) for n in urls)), strict=True))
-            if record:
-                record_tick(results, direct, got)
-
-        loop = asyncio.get_running_loop()
-        ticks, warm = max(2, round(rate * duration)), max(1, round(rate))  # 1 s unrecorded
-        t0, tasks = loop.time(), []
-        for i in range(warm + ticks):
-            delay = t0 + i / rate - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(tick(record=i >= warm)))
-        await asyncio.gather(*tasks)
-    return results
-
-
-def record_tick(
-    results: dict[str, Latencies], direct: str, got: dict[str, float | None]
-) -> None:
-    """One tick of :func:`paired_gets`: direct Glance's latency, each proxy's minus it
-    (None: that request failed; a failed direct request leaves nothing to compare with)."""
-    base = got[direct]
-    for name, seconds in got.items():
-        if seconds is None or base is None:
-            results[name].errors += 1
-        elif name == direct:
-            results[name].seconds.append(seconds)
+    out = Latencies(errors=lat.errors, late=lat.late)
+    for tag, seconds in lat.by_tag.items():
+        msecs = origin_msecs.get(tag)
+        if msecs is None:
+            out.errors += 1  # answered without the origin: nothing to subtract
         else:
-            results[name].seconds.append(seconds - base)
+            out.seconds.append(max(0.0, seconds - msecs / 1000))
+            out.by_tag[tag] = out.seconds[-1]
+    return out

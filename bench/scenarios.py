@@ -9,17 +9,22 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench import ceilings
-from bench.clients import Batch, Latencies, curl_many, paced_gets, paired_gets
+from bench.clients import TAG, Batch, Latencies, curl_many, outside_origin, paced_gets
 from bench.idle import idle_connections
 from bench.peers import Peer
 from bench.procs import CpuMeter, RssSampler
 from bench.profiling import Profiler
 from lab.units import MiB
+
+if TYPE_CHECKING:
+    from lab.glance import LocalGlance
 
 Figures = dict[str, float | None]
 
@@ -179,9 +184,39 @@ def machine_ceilings(s: Settings) -> Figures:
 
 
 def passthrough(peers: list[Peer], rate: float, duration: float) -> dict[str, Figures]:
-    """Metadata GET latency at a fixed request rate, the peers taking turns second by second."""
+    """Metadata GET latency at a fixed request rate, the peers taking turns second by second:
+    end to end (``p50_ms``, ``p99_ms``) and outside the origin's own time for each request
+    (``own_p50_ms``, ``own_p99_ms``: clients.outside_origin)."""
     lats = paced_gets({p.name: p.meta_url for p in peers}, rate, duration)
-    return {name: {**_latency_figures(lat), "late": float(lat.late)} for name, lat in lats.items()}
+    msecs = _origin_msecs(peers[0].origin, sum(len(lat.by_tag) for lat in lats.values()))
+    out: dict[str, Figures] = {}
+    for name, lat in lats.items():
+        own = _latency_figures(outside_origin(lat, msecs))
+        out[name] = {
+            **_latency_figures(lat),
+            "late": float(lat.late),
+            "own_p50_ms": own["p50_ms"],
+            "own_p99_ms": own["p99_ms"],
+            "unmatched": own["errors"],
+        }
+    return out
+
+
+def _origin_msecs(origin: LocalGlance, expected: int, timeout: float = 5.0) -> dict[str, int]:
+    """Tag -> the origin's logged msecs of each tagged request (its first line per tag).
+
+    uWSGI logs a request once its response is sent, a moment after the client has it: wait
+    until every tagged request is in, or ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found: dict[str, int] = {}
+        for record in origin.request_log():
+            tags = urllib.parse.parse_qs(record.query).get(TAG)
+            if tags:
+                found.setdefault(tags[0], record.msecs)
+        if len(found) >= expected or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
 
 
 def _latency_figures(lat: Latencies) -> Figures:
@@ -191,15 +226,6 @@ def _latency_figures(lat: Latencies) -> Figures:
         "requests": float(len(lat.seconds)),
         "errors": float(lat.errors),
     }
-
-
-def paired_passthrough(peers: list[Peer], rate: float, duration: float) -> dict[str, Figures]:
-    """What each proxy adds to a metadata GET: its latency minus direct Glance's in the same
-    tick (clients.paired_gets). A proxy's p50/p99 here are of that difference; Glance's are
-    its own latencies."""
-    direct = next(p.name for p in peers if p.name == "glance")
-    lats = paired_gets({p.name: p.meta_url for p in peers}, direct, rate, duration)
-    return {name: _latency_figures(lat) for name, lat in lats.items()}
 
 
 @dataclass(frozen=True)
@@ -272,12 +298,5 @@ SCENARIOS = (
         None,
         META_PEERS,
         together=lambda peers, s: passthrough(peers, s.low_rate, s.duration),
-    ),
-    Scenario(
-        "meta-paired",
-        "metadata GET added latency at --low-rate, paired with direct Glance tick by tick",
-        None,
-        META_PEERS,
-        together=lambda peers, s: paired_passthrough(peers, s.low_rate, s.duration),
     ),
 )

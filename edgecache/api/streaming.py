@@ -1,17 +1,18 @@
 """Sending image bytes from a file descriptor, in bounded slices.
 
-One ``sendfile`` of a whole multi-GiB file lets a fast client monopolise the
-event loop; slices of a few MiB let every connection take its turn (docs/behaviour.md#hits).
-The same loop tails a growing partial file: it sends what the fill has made
-readable, then waits for more.
+One send of a whole multi-GiB file lets a fast client monopolise the sender; slices
+of a few MiB let every connection take its turn (docs/behaviour.md#hits). The same
+loop tails a growing partial file: it sends what the fill has made readable, then
+waits for more.
 
-The ``sendfile`` calls themselves run in a small pool of sender threads
-(:class:`Senders`): the call releases the GIL, so responses use every core, and
-the kernel's time inside it (the copy, loopback's receive path) never stalls
-the event loop. A thread only sends what the socket takes at once; waiting for
-a slow client to make room is the loop's job, so a client that stops reading
-holds no thread. Slices shrink as more responses share the pool, so a new
-response's first bytes never queue behind many large slices.
+The sends themselves run in a small pool of sender threads (:class:`Senders`), each
+a ``preadv`` into the thread's own buffer and a ``write`` to the socket: both release
+the GIL, so responses use every core, and the kernel's time inside them (the copies,
+loopback's receive path) never stalls the event loop. A thread only sends what
+the socket takes at once; waiting for a slow client to make room is the loop's
+job, so a client that stops reading holds no thread. Slices shrink as more
+responses share the pool, so a new response's first bytes never queue behind many
+large slices.
 """
 
 from __future__ import annotations
@@ -19,18 +20,19 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
 
 from aiohttp import web
 
-#: Bytes per sendfile call: big enough that per-call overhead stays small, small
-#: enough that 8 or 50 clients interleave fairly.
+#: Bytes per slice the loop sends itself (TLS, no sender threads): big enough that
+#: per-call overhead stays small, small enough that 8 or 50 clients interleave fairly.
 SLICE = 2 << 20
 
-#: Bytes a response sent with sendfile: they bypass aiohttp's writer, so its
-#: byte count (``body_length``) misses them; the access line adds them back.
+#: Bytes a response sent past aiohttp's writer (the sender threads, the loop's sendfile):
+#: its byte count (``body_length``) misses them; the access line adds them back.
 SENDFILE_BYTES_KEY = web.RequestKey("edgecache.sendfile_bytes", int)
 #: The status of a response whose last byte went out as its handler was cancelled (the
 #: client hung up once it had them all): its access line says it was served.
@@ -46,7 +48,7 @@ _SLICE_MIN, _SLICE_MAX = 256 << 10, 8 << 20
 
 
 class Senders:
-    """The threads that run every response's ``sendfile`` (see the module's docstring)."""
+    """The threads that send every response's bytes (see the module's docstring)."""
 
     def __init__(self, threads: int | None = None) -> None:
         self._pool = ThreadPoolExecutor(threads or SENDER_THREADS, thread_name_prefix="send")
@@ -81,23 +83,47 @@ class Senders:
 SENDERS_KEY = web.AppKey("edgecache.senders", Senders)
 
 
+#: Bytes a sender thread reads (``preadv``) and writes per call: one copy of this size
+#: stays in the CPU's caches between the read and the write.
+COPY_CHUNK = 1 << 20
+_buffers = threading.local()
+
+
+def _buffer() -> memoryview:
+    """This sender thread's reused copy buffer."""
+    view: memoryview | None = getattr(_buffers, "view", None)
+    if view is None:
+        view = _buffers.view = memoryview(bytearray(COPY_CHUNK))
+    return view
+
+
 def _send_now(sock: int, file: int, offset: int, count: int) -> tuple[int, bool]:
-    """In a sender thread: ``sendfile`` while the (non-blocking) socket takes bytes."""
-    sent = 0
+    """In a sender thread: read the file and write the (non-blocking) socket while it
+    takes bytes. A read-and-write beats ``sendfile`` into loopback TCP: on the 2-core
+    bench machines one client got 4.6-4.8 GB/s from a cached file this way against
+    2.2-2.8 with ``sendfile``, and 8 clients 5.4 against 4.3; the receiving side copies
+    out of large buffers instead of page by page. A read that
+    comes back short ends the file, so a file truncated under us is noticed as with
+    ``sendfile`` (an ``mmap`` would raise SIGBUS instead)."""
+    buffer, sent = _buffer(), 0
     while sent < count:
-        try:
-            step = os.sendfile(sock, file, offset + sent, count - sent)
-        except (BlockingIOError, InterruptedError):
-            return sent, False
-        except OSError as exc:
-            if sent:  # those went out: the next slice meets the error again
-                return sent, False
-            if exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF):
-                raise ClientGone(str(exc)) from exc
-            raise
-        if step == 0:
+        chunk = buffer[: min(COPY_CHUNK, count - sent)]
+        got = os.preadv(file, [chunk], offset + sent)
+        if got == 0:
             return sent, True
-        sent += step
+        written = 0
+        while written < got:
+            try:
+                written += os.write(sock, chunk[written:got])
+            except (BlockingIOError, InterruptedError):
+                return sent + written, False
+            except OSError as exc:
+                if sent + written:  # those went out: the next slice meets the error again
+                    return sent + written, False
+                if exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF):
+                    raise ClientGone(str(exc)) from exc
+                raise
+        sent += got
     return sent, False
 
 
@@ -136,8 +162,8 @@ async def send_fd(
     senders = request.app.get(SENDERS_KEY)
     sock = transport.get_extra_info("socket")
     if (transport.get_extra_info("sslcontext") is not None or sock is None
-            or not hasattr(os, "sendfile")):
-        senders = None  # TLS bytes are the transport's to make (or no sendfile): the loop's
+            or not hasattr(os, "preadv")):
+        senders = None  # TLS bytes are the transport's to make (or no preadv): the loop's
     # The threads' own descriptors of the socket and the file, closed only once no
     # thread uses them: if the connection or the caller closes theirs meanwhile, a
     # number a thread sends with is never one a new file or socket has been given.
@@ -237,7 +263,7 @@ async def _counted_if_cancelled(
 
 async def _writable(loop: asyncio.AbstractEventLoop, sock: int) -> None:
     """Wait until ``sock`` (a descriptor of our own, never the transport's) takes bytes,
-    or has failed: the next ``sendfile`` then says which."""
+    or has failed: the next send then says which."""
     ready = loop.create_future()
 
     def wake() -> None:

@@ -4,7 +4,7 @@
 The faults are the kernel's, injected at the ``os`` calls: a ``close`` or ``open``
 of a cache file that takes as long as the last close of a multi-GiB unlinked file
 (it frees the file's blocks) or an open on a busy disk; and a platform without
-``sendfile``, where asyncio reads the file itself at the description's offset
+``sendfile`` and ``preadv``, where asyncio reads the file itself at the description's offset
 (its fallback, as under TLS).
 """
 
@@ -135,9 +135,11 @@ async def test_readers_of_one_fill_get_their_own_bytes_without_sendfile(
     aiohttp_client: AiohttpClient, faulty_glance: FaultyGlance, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Without ``os.sendfile`` asyncio seeks and reads the file itself: readers sharing
-    one open file description (a ``dup``) would read at each other's offsets."""
+    """Without ``os.sendfile`` (and ``os.preadv``, which the sender threads need) asyncio
+    seeks and reads the file itself: readers sharing one open file description (a ``dup``)
+    would read at each other's offsets."""
     monkeypatch.delattr(os, "sendfile")
+    monkeypatch.delattr(os, "preadv")
     edge = await start_edgecache(aiohttp_client, tmp_path / "cache", (faulty_glance.url,))
     data = os.urandom(6 * MiB + 7)
     meta = faulty_glance.add_image(

@@ -182,9 +182,15 @@ async def send_fd(
                     count = min(SLICE if senders is None else senders.slice(), end - offset)
                     if transport.is_closing():
                         raise ClientGone("client went away")
-                    sent, ended = 0, False
-                    if own is not None and transport.get_write_buffer_size() == 0:
+                    if own is not None:
                         assert senders is not None
+                        if transport.get_write_buffer_size():
+                            # aiohttp still holds bytes for the socket (the headers, to
+                            # a full one): they go first, flushed by the loop as the
+                            # client makes room; then the threads send again.
+                            await _writable(loop, own[0])
+                            await asyncio.sleep(0)
+                            continue
                         sending = senders.send(*own, offset, count)
                         sent, ended = await _counted_if_cancelled(
                             sending, request, on_sent, whole=(stop - offset, status))
@@ -193,9 +199,9 @@ async def send_fd(
                             # room; the next slice goes to a thread again.
                             await _writable(loop, own[0])
                             continue
-                    if not sent and not ended:
-                        # aiohttp still holds bytes for the socket (or no threads): the
-                        # loop sends this slice, after those.
+                    else:
+                        # No threads (TLS, or an app without senders): the loop sends,
+                        # with asyncio's sendfile and its fallback.
                         sending = asyncio.ensure_future(
                             _loop_send(loop, transport, file, offset, count))
                         sent, ended = await _counted_if_cancelled(

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import prometheus_client
+import uvloop
 from aiohttp import web
 from oslo_config import cfg
 
@@ -227,7 +228,10 @@ def run(settings: Settings, conf: cfg.ConfigOpts | None = None) -> None:
     # No ``*_created`` series: in the text format each is one more series per label
     # set that no query uses. Process-wide, hence here and not in make_app.
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
-    asyncio.run(_serve(settings, conf))
+    if settings.event_loop == "uvloop":
+        uvloop.run(_serve(settings, conf))
+    else:
+        asyncio.run(_serve(settings, conf))
 
 
 def runner_options(settings: Settings) -> dict[str, Any]:

@@ -101,6 +101,18 @@ service_opts = [
         help="Write the log to this file (reopened when logrotate moves it) rather than "
         "to stderr, which systemd passes to the journal.",
     ),
+    cfg.StrOpt(
+        "event_loop",
+        default="uvloop",
+        choices=[
+            ("uvloop", "libuv's loop (uvloop): less CPU per request, so a proxied "
+             "metadata GET waits less on a busy host"),
+            ("asyncio", "Python's own selector loop"),
+        ],
+        help="The event loop the daemon runs on. Image bytes never pass through it "
+        "(sender and fill threads move them); it answers requests and proxies the rest "
+        "of the Glance API.",
+    ),
     cfg.IntOpt(
         "shutdown_timeout",
         default=60,
@@ -402,6 +414,7 @@ class Settings:
     debug: bool = False
     log_file: str | None = None
     shutdown_timeout: float = 60.0
+    event_loop: str = "asyncio"
 
 
 @dataclass(frozen=True)
@@ -482,6 +495,7 @@ def _settings_from(conf: cfg.ConfigOpts) -> Settings:
         debug=conf.debug,
         log_file=conf.log_file or None,
         shutdown_timeout=float(conf.shutdown_timeout),
+        event_loop=conf.event_loop,
         cache=CacheSettings(
             directory=conf.cache.directory,
             max_size=conf.cache.max_size,

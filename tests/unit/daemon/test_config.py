@@ -114,3 +114,13 @@ def test_http_proxy_must_be_an_http_proxy_url(tmp_path: Path, value: str) -> Non
                   f"glance_endpoints = http://127.0.0.1:9292\nhttp_proxy = {value}\n")
     with pytest.raises(ConfigError, match="http_proxy"):
         config.load(["--config-file", conf])
+
+
+def test_the_daemon_runs_on_uvloop_unless_told_otherwise(tmp_path: Path) -> None:
+    base = "[upstream]\nglance_endpoints = http://g:9292\n"
+    noauth = "[DEFAULT]\nauth_strategy = noauth\n"
+    assert config.load(["--config-file", _write(tmp_path, noauth + base)]).event_loop == "uvloop"
+    chosen = _write(tmp_path, noauth + "event_loop = asyncio\n" + base)
+    assert config.load(["--config-file", chosen]).event_loop == "asyncio"
+    with pytest.raises(ConfigError, match="event_loop"):
+        config.load(["--config-file", _write(tmp_path, noauth + "event_loop = trio\n" + base)])

@@ -99,15 +99,19 @@ def _parse(out: str, launched: float) -> Fetch:
 class Latencies:
     """Metadata request latencies in seconds, and what went wrong."""
 
-    seconds: list[float] = field(default_factory=list)
+    by_tag: dict[str, float] = field(default_factory=dict)  # TAG query value -> seconds
     errors: int = 0
     late: int = 0  # requests issued more than 5 ms after their slot: the client fell behind
-    by_tag: dict[str, float] = field(default_factory=dict)  # TAG query value -> seconds
+
+    @property
+    def seconds(self) -> list[float]:
+        return list(self.by_tag.values())
 
     def quantile(self, q: float) -> float:
-        if len(self.seconds) < 2:
-            return self.seconds[0] if self.seconds else float("nan")
-        return statistics.quantiles(self.seconds, n=1000, method="inclusive")[int(q * 1000) - 1]
+        seconds = self.seconds
+        if len(seconds) < 2:
+            return seconds[0] if seconds else float("nan")
+        return statistics.quantiles(seconds, n=1000, method="inclusive")[int(q * 1000) - 1]
 
 
 #: the query parameter naming each metadata request, so the origin's own log line for it can
@@ -166,9 +170,7 @@ async def _paced(
             if failed:
                 results[name].errors += 1
             else:
-                seconds = time.perf_counter() - start
-                results[name].seconds.append(seconds)
-                results[name].by_tag[tag] = seconds
+                results[name].by_tag[tag] = time.perf_counter() - start
 
         # The first round of slices is not recorded: it opens the keep-alive connections and
         # pays each uWSGI thread's first request (lazy imports), which are no proxy's overhead.
@@ -205,6 +207,5 @@ def outside_origin(lat: Latencies, origin_msecs: dict[str, int]) -> Latencies:
         if msecs is None:
             out.errors += 1  # answered without the origin: nothing to subtract
         else:
-            out.seconds.append(max(0.0, seconds - msecs / 1000))
-            out.by_tag[tag] = out.seconds[-1]
+            out.by_tag[tag] = max(0.0, seconds - msecs / 1000)
     return out

@@ -197,7 +197,7 @@ def passthrough(peers: list[Peer], rate: float, duration: float) -> dict[str, Fi
             "late": float(lat.late),
             "own_p50_ms": own["p50_ms"],
             "own_p99_ms": own["p99_ms"],
-            "unmatched": own["errors"],
+            "unmatched": (own["errors"] or 0.0) - lat.errors,  # answered, but not logged
         }
     return out
 
@@ -221,9 +221,9 @@ def _origin_msecs(origin: LocalGlance, expected: int, timeout: float = 5.0) -> d
 
 def _latency_figures(lat: Latencies) -> Figures:
     return {
-        "p50_ms": lat.quantile(0.5) * 1000 if lat.seconds else None,
-        "p99_ms": lat.quantile(0.99) * 1000 if lat.seconds else None,
-        "requests": float(len(lat.seconds)),
+        "p50_ms": lat.quantile(0.5) * 1000 if lat.by_tag else None,
+        "p99_ms": lat.quantile(0.99) * 1000 if lat.by_tag else None,
+        "requests": float(len(lat.by_tag)),
         "errors": float(lat.errors),
     }
 

@@ -102,9 +102,9 @@ def _send_now(sock: int, file: int, offset: int, count: int) -> tuple[int, bool]
     takes bytes. A read-and-write beats ``sendfile`` into loopback TCP: on the 2-core
     bench machines one client got 4.6-4.8 GB/s from a cached file this way against
     2.2-2.8 with ``sendfile``, and 8 clients 5.4 against 4.3; the receiving side copies
-    out of large buffers instead of page by page. A read that
-    comes back short ends the file, so a file truncated under us is noticed as with
-    ``sendfile`` (an ``mmap`` would raise SIGBUS instead)."""
+    out of large buffers instead of page by page. A read that comes back short ends the
+    file, so a file truncated under us is noticed as with ``sendfile`` (an ``mmap`` would
+    raise SIGBUS instead)."""
     buffer, sent = _buffer(), 0
     while sent < count:
         chunk = buffer[: min(COPY_CHUNK, count - sent)]
@@ -246,7 +246,7 @@ async def _loop_send(
 
 async def _counted_if_cancelled(
     sending: asyncio.Future[tuple[int, bool]], request: web.Request,
-    on_sent: Callable[[int], None] | None, *, whole: tuple[int, int] = (-1, 200),
+    on_sent: Callable[[int], None] | None, *, whole: tuple[int, int],
 ) -> tuple[int, bool]:
     """Await a slice; if the response is cancelled meanwhile (the client left), the
     bytes the slice still sent are counted before the cancellation goes on: the

@@ -46,8 +46,12 @@ class SystemClock:
         await asyncio.sleep(seconds)
 
     async def wait(self, event: asyncio.Event, seconds: float | None) -> bool:
+        # asyncio.timeout, not wait_for: on Python 3.11, wait_for swallows a cancel that
+        # arrives in the same loop turn as the event (python/cpython#86296), and a
+        # stopped prefetch worker would then wait on for ever.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await event.wait()
         return event.is_set()
 
 

@@ -171,8 +171,9 @@ class Fill:
             if deadline is None:
                 await progress
             else:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(progress, max(0.0, deadline - loop.time()))
+                with contextlib.suppress(TimeoutError):  # not wait_for: see clock.wait
+                    async with asyncio.timeout_at(deadline):
+                        await progress
 
     async def wait_started(self) -> None:
         await asyncio.shield(self.started)

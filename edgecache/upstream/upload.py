@@ -98,5 +98,6 @@ async def _answer_read(writer: StreamWriter) -> None:
     closed = protocol.closed
     if closed is None:
         return  # connection_lost has run: whatever came is parsed
-    with contextlib.suppress(Exception, TimeoutError):
-        await asyncio.wait_for(asyncio.shield(closed), _ANSWER_WAIT)
+    with contextlib.suppress(Exception, TimeoutError):  # not wait_for: see clock.wait
+        async with asyncio.timeout(_ANSWER_WAIT):
+            await asyncio.shield(closed)

@@ -175,6 +175,33 @@ async def test_a_read_only_cache_directory_passes_through_and_evicts_nothing(
         _consistent(edge)
 
 
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EMFILE, errno.EACCES])
+async def test_a_partial_that_cannot_be_created_passes_through_and_evicts_nothing(
+    aiohttp_client: AiohttpClient, faulty_glance: FaultyGlance, tmp_path: Path, code: int,
+) -> None:
+    """Out of inodes, out of descriptors, no permission: creating the partial fails, the
+    miss is Glance's answer (not a 500) and the copy it would have evicted stays a hit."""
+    edge = await start_edgecache(aiohttp_client, tmp_path / "cache", (faulty_glance.url,),
+                                 max_size=3 * MiB)
+    kept, new = os.urandom(2 * MiB), os.urandom(2 * MiB)
+    kept_id = faulty_glance.add_image(kept)["id"]
+    new_id = faulty_glance.add_image(new)["id"]
+    _whole(await edge.fetch(file_path(kept_id)), kept)
+    await edge.settled()
+
+    def cannot_create(image_id: str) -> tuple[Path, int]:
+        raise OSError(code, os.strerror(code))
+
+    edge.cache._store.create_partial = cannot_create  # type: ignore[method-assign]
+    _whole(await edge.fetch(file_path(new_id)), new)
+    assert edge.sample("edgecache_cache_disk_errors_total", op="create") >= 1
+    assert edge.data_files() == {kept_id: len(kept)}
+    _whole(await edge.fetch(file_path(kept_id)), kept)
+    assert edge.requests("hit") == 1
+    assert edge.requests("error") == 0
+    _consistent(edge)
+
+
 async def test_an_eio_mid_fill_still_gives_every_caller_the_image(
     aiohttp_client: AiohttpClient, faulty_glance: FaultyGlance, tmp_path: Path
 ) -> None:

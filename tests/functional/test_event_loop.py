@@ -69,12 +69,13 @@ def _under(root: Path, path: object) -> bool:
 
 @pytest.fixture
 def slow_cache_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[str]:
-    """Every ``os.open`` and ``os.close`` of a file under the cache takes SLOW seconds.
+    """Every ``os.open``, ``os.fstat`` and ``os.close`` of a file under the cache takes
+    SLOW seconds (an NFS server that answers late).
 
     Returns the names of the threads they ran in.
     """
     root = tmp_path / "cache"
-    real_open, real_close = os.open, os.close
+    real_open, real_close, real_fstat = os.open, os.close, os.fstat
     threads: list[str] = []
 
     def slow() -> None:
@@ -86,17 +87,25 @@ def slow_cache_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[st
             slow()
         return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
 
-    def close(fd: int) -> None:
+    def slow_if_cached(fd: int) -> None:
         try:
             target = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
             target = ""
         if target.startswith(str(root)):
             slow()
+
+    def close(fd: int) -> None:
+        slow_if_cached(fd)
         real_close(fd)
+
+    def fstat(fd: int) -> os.stat_result:
+        slow_if_cached(fd)
+        return real_fstat(fd)
 
     monkeypatch.setattr(os, "open", open_)
     monkeypatch.setattr(os, "close", close)
+    monkeypatch.setattr(os, "fstat", fstat)
     return threads
 
 

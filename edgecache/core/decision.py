@@ -26,8 +26,9 @@ The order of the rules is the contract:
 
 Seeing the record is not leave to download (Glance's ``download_image``
 policy): every action that sends bytes or headers of the image from the cache
-(a hit, a join, a range of a fill, a HEAD) ``asks_download`` first, and the
-handler relays Glance's refusal instead. A fill this caller starts needs no
+(a hit, a join, a range of a fill, a HEAD), and every 400 or 416 it gives a
+Range itself, ``asks_download`` first, and the handler relays Glance's refusal
+instead. A fill this caller starts needs no
 extra question (its own data GET is one); a pass through is Glance's own
 answer; offline, the recent grant stands for both.
 """
@@ -108,16 +109,18 @@ class Action:
     asks_download: bool = False
 
 
-#: What serves the image's bytes or headers from the cache, not from Glance's own answer.
-_SERVES_FROM_CACHE = frozenset(
-    {Kind.SERVE_HIT, Kind.SERVE_RANGE_FROM_FILL, Kind.HEAD_MISS, Kind.JOIN_FILL}
+#: What edgecache answers itself instead of Glance's own answer: the image's bytes or
+#: headers from the cache, and its verdict on a Range (Glance asks its policy first).
+_ANSWERED_HERE = frozenset(
+    {Kind.SERVE_HIT, Kind.SERVE_RANGE_FROM_FILL, Kind.HEAD_MISS, Kind.JOIN_FILL,
+     Kind.BAD_RANGE, Kind.UNSATISFIABLE_RANGE}
 )
 
 
 def decide(facts: Facts) -> Action:
     """The one action for these facts (see the module docstring for the rules)."""
     action = _decide(facts)
-    if action.kind in _SERVES_FROM_CACHE and facts.glance is Glance.GRANTED:
+    if action.kind in _ANSWERED_HERE and facts.glance is Glance.GRANTED:
         return dataclasses.replace(action, asks_download=True)
     return action
 

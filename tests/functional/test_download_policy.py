@@ -82,6 +82,24 @@ async def test_a_caller_glance_will_not_let_download_is_refused_on_every_path(
     assert fg.count("GET", path) == 1, "B's refusals fetched nothing"
 
 
+@pytest.mark.parametrize("byte_range", ["bytes=999999999-", "bytes=abc", "bytes=5-1"])
+async def test_a_caller_refused_the_download_gets_the_refusal_for_a_bad_range_too(
+    edge: Edge, faulty_glance: FaultyGlance, byte_range: str
+) -> None:
+    """A Range edgecache itself would refuse (400, 416) is still Glance's 403 first, as
+    Glance asks its policy before it reads the Range; one who may download gets ours."""
+    data = os.urandom(64 * 1024)
+    image_id = faulty_glance.add_image(data, readers={"tok-a", "tok-b"},
+                                       downloaders={"tok-a"})["id"]
+    path = file_path(image_id)
+    assert (await edge.fetch(path, headers=A)).body == data
+    await edge.settled()
+
+    assert_refused(await edge.fetch(path, headers={**B, "Range": byte_range}), data)
+    allowed = await edge.fetch(path, headers={**A, "Range": byte_range})
+    assert allowed.status in (400, 416), allowed.status
+
+
 async def test_the_verdict_is_reused_per_credentials_for_the_ttl_refusals_never(
     aiohttp_client: AiohttpClient, faulty_glance: FaultyGlance, tmp_path: Path
 ) -> None:

@@ -29,10 +29,12 @@ TABLE: list[tuple[str, Facts, Action]] = [
     ("a queued image with nothing cached is Glance's to answer",
      Facts(GET, status="queued", size_known=False),
      Action(Kind.PASS_THROUGH, "miss")),
-    ("a multi-range is a 400, even on a hit",
-     Facts(GET, ranged=Ranged.BAD, copy=Copy.SAME), Action(Kind.BAD_RANGE, "error")),
-    ("a range past the end is a 416",
-     Facts(GET, ranged=Ranged.UNSATISFIABLE), Action(Kind.UNSATISFIABLE_RANGE, "error")),
+    ("a multi-range is a 400, even on a hit, once Glance lets the caller download",
+     Facts(GET, ranged=Ranged.BAD, copy=Copy.SAME),
+     Action(Kind.BAD_RANGE, "error", asks_download=True)),
+    ("a range past the end is a 416, once Glance lets the caller download",
+     Facts(GET, ranged=Ranged.UNSATISFIABLE),
+     Action(Kind.UNSATISFIABLE_RANGE, "error", asks_download=True)),
     ("a committed copy of these bytes is a hit",
      Facts(GET, copy=Copy.SAME), Action(Kind.SERVE_HIT, "hit", asks_download=True)),
     ("a range of a committed copy is a hit",
@@ -126,10 +128,10 @@ def test_refusals_and_errors_count_as_errors(facts: Facts) -> None:
 def test_nothing_leaves_the_cache_without_glances_download_verdict(
     facts: Facts, expected: Action
 ) -> None:
-    """A hit, a join, a range of a fill and a HEAD ask ``download_image`` first; a started
-    fill's own GET is the question, a pass through is Glance's answer, offline the recent
-    grant stands in."""
+    """A hit, a join, a range of a fill, a HEAD and our own 400/416 to a Range ask
+    ``download_image`` first; a started fill's own GET is the question, a pass through is
+    Glance's answer, offline the recent grant stands in."""
     action = decide(facts)
     serves = action.kind in (Kind.SERVE_HIT, Kind.SERVE_RANGE_FROM_FILL, Kind.HEAD_MISS,
-                             Kind.JOIN_FILL)
+                             Kind.JOIN_FILL, Kind.BAD_RANGE, Kind.UNSATISFIABLE_RANGE)
     assert action.asks_download == (serves and facts.glance is Glance.GRANTED)

@@ -50,6 +50,20 @@ class ShortBody(FillAborted):
     """Upstream sent fewer (or more) bytes than the image's size."""
 
 
+class UnsafeImage(FillAborted):
+    """The image's content is not safe to hand a hypervisor (core/inspection.py).
+
+    Refused like Glance refuses a download: a 403 naming the reason and the image.
+    """
+
+    def __init__(self, image_id: str, reason: str, detail: str) -> None:
+        super().__init__(f"image {image_id} is refused as unsafe ({reason}): {detail}")
+        self.image_id = image_id
+        #: one of edgecache.core.inspection.REASONS
+        self.reason = reason
+        self.detail = detail
+
+
 class CacheDiskError(FillAborted):
     """The cache's own disk refused a fill's write (ENOSPC, EIO): not upstream's fault.
 

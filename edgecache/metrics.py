@@ -24,6 +24,11 @@ UPSTREAM_ERROR_REASONS = (
 DISK_ERROR_OPS = ("create", "write")
 #: why an image was not admitted for caching (it is passed through instead)
 ADMISSION_REFUSALS = ("max_size", "disk_space")
+#: Why the format inspector refused an image (core/inspection.py)
+IMAGE_SAFETY_REASONS = (
+    "unsupported_disk_format", "disk_format_mismatch", "multiple_formats",
+    "backing_file", "data_file", "vmdk_type", "safety_check",
+)
 
 
 class Metrics:
@@ -91,6 +96,12 @@ class Metrics:
             "from upstream.",
             ["op"], registry=r,
         )
+        self.image_safety_rejections = Counter(
+            "edgecache_image_safety_rejections",
+            "Images whose content the format inspector found unsafe or not their disk_format, "
+            "by reason (refused under [image_safety] mode = enforce, served under log).",
+            ["reason"], registry=r,
+        )
         self.admissions_refused = Counter(
             "edgecache_cache_admissions_refused",
             "Images passed through uncached because they did not fit, by bound.",
@@ -114,3 +125,5 @@ class Metrics:
             self.disk_errors.labels(op=op)
         for reason in ADMISSION_REFUSALS:
             self.admissions_refused.labels(reason=reason)
+        for reason in IMAGE_SAFETY_REASONS:
+            self.image_safety_rejections.labels(reason=reason)

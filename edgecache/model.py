@@ -46,6 +46,8 @@ class ImageMeta:
     #: where the bytes sit in Glance's stores (``locations`` urls, then ``direct_url``),
     #: when Glance shows them; read directly only with ``[upstream] direct_stores``
     locations: tuple[str, ...] = ()
+    #: what the record says the bytes are (qcow2, raw, ...): the format inspector's claim
+    disk_format: str | None = None
 
     @classmethod
     def from_glance(cls, record: Mapping[str, Any]) -> ImageMeta:
@@ -59,6 +61,7 @@ class ImageMeta:
             os_hash_value=_text_or_none(record.get("os_hash_value")),
             updated_at=_text_or_none(record.get("updated_at")),
             locations=_locations(record),
+            disk_format=_text_or_none(record.get("disk_format")),
         )
 
     def strongest_hash(self) -> tuple[str, str] | None:

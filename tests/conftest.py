@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.disk_images import disk_images
 from tests.support.faultyglance import faulty_glance, faulty_glance_thread
 
-__all__ = ["faulty_glance", "faulty_glance_thread"]
+__all__ = ["disk_images", "faulty_glance", "faulty_glance_thread"]
 
 TESTS = Path(__file__).resolve().parent
 

@@ -19,7 +19,8 @@ legacy ``/v2/cached_images[/{id}]``, ``/v2/queued_images[/{id}]``: 200 + JSON
 edgecache's own additions (``edgecache cache ...`` uses them):
 
 * ``GET /v2/cache?detail=1`` adds ``prefetch`` (per queued image: state, bytes
-  done/total), ``fills`` (every fill running) and ``usage``. Plain
+  done/total), ``fills`` (every fill running), ``refused`` (images the format
+  inspector refused, with the reason) and ``usage``. Plain
   ``GET /v2/cache`` keeps Glance's two keys only, because glanceclient prints
   every other top-level key's items as queued image ids. Cached entries carry
   extra fields (``pinned``, ``last_verified``, ``checksum``) in both.
@@ -57,7 +58,7 @@ from edgecache.api.errors import (
     upstream_request_id,
 )
 from edgecache.core.cache import ImageCache
-from edgecache.core.views import verified_at
+from edgecache.core.views import DETECTED_FORMAT, verified_at
 from edgecache.errors import NoSpace, UpstreamError, UpstreamRefused
 from edgecache.model import Entry, ImageMeta, image_id_of
 from edgecache.ops.prefetch import Prefetcher
@@ -184,6 +185,7 @@ def entry_json(entry: Entry) -> dict[str, Any]:
         "checksum": entry.checksum,
         "pinned": entry.pinned,
         "last_verified": float(verified_at(entry)),
+        "detected_format": entry.extra.get(DETECTED_FORMAT),
     }
 
 
@@ -240,6 +242,17 @@ async def list_cache(request: web.Request, admin: CacheAdmin, _: str) -> web.Res
                 "prefetch": fill.prefetch,
             }
             for fill in admin.cache.fills()
+        ]
+        body["refused"] = [  # the format inspector's refusals: never cached
+            {
+                "image_id": rejection.meta.id,
+                "reason": rejection.reason,
+                "detail": rejection.detail,
+                "detected_format": rejection.detected,
+                "disk_format": rejection.meta.disk_format,
+                "at": rejection.at,
+            }
+            for rejection in admin.cache.rejections()
         ]
         body["usage"] = {
             "size": usage.size,

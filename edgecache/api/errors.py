@@ -29,6 +29,7 @@ from edgecache.errors import (
     FillCoolingDown,
     NoSpace,
     NotFound,
+    UnsafeImage,
     UpstreamError,
     UpstreamRefused,
 )
@@ -113,6 +114,9 @@ def answer_for(exc: EdgecacheError) -> web.Response:
         return relay(exc)
     if isinstance(exc, FillCoolingDown):
         return unavailable(str(exc), retry_after=exc.retry_after)
+    if isinstance(exc, UnsafeImage):  # before FillAborted: the image's verdict, not a fault
+        return error_response(403, f"Image {exc.image_id} is refused as unsafe to boot "
+                                   f"({exc.reason}): {exc.detail}")
     if isinstance(exc, (UpstreamError, FillAborted)):
         return unavailable()
     if isinstance(exc, NoSpace):

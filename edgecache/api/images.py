@@ -52,6 +52,7 @@ from edgecache.errors import (
     CacheDiskError,
     FillAborted,
     FillCoolingDown,
+    UnsafeImage,
     UpstreamError,
     UpstreamRefused,
 )
@@ -358,6 +359,12 @@ async def _perform(
         except FillCoolingDown as exc:
             outcome.settle("error")
             return answer_for(exc)
+        except UnsafeImage as exc:  # refused before: no fill, but Glance's verdict first
+            refused = None if probed else await _refusal(service, image_id, headers, outcome)
+            if refused is not None:
+                return refused
+            outcome.settle("error")
+            return answer_for(exc)
         if joined is None:
             return await _pass_through(request, service, path_qs, outcome)
         fill, started_now = joined
@@ -411,6 +418,11 @@ async def _send_fill(
         outcome.settle("error")
         if not isinstance(exc, UpstreamRefused):
             LOG.warning("image %s: fill could not start: %s", meta.id, exc)
+        return answer_for(exc)
+    try:
+        await fill.wait_inspected()  # an unsafe image is refused before any header
+    except UnsafeImage as exc:
+        outcome.settle("error")
         return answer_for(exc)
 
     try:

@@ -160,7 +160,7 @@ def _api(ctx: click.Context) -> Api:
 @cache.command("list")
 @click.pass_context
 def list_(ctx: click.Context) -> None:
-    """Cached and queued images, with prefetch progress."""
+    """Cached and queued images, with prefetch progress, and images refused as unsafe."""
     state = _api(ctx).state()
     if ctx.obj["format"] == "json":
         _emit(ctx, state, "")
@@ -193,6 +193,10 @@ def list_(ctx: click.Context) -> None:
                 fill["image_id"], "filling", _size(fill["bytes_total"]),
                 _progress(fill["bytes_done"], fill["bytes_total"]), "-", "-", "-",
             )
+    for refused in state.get("refused", []):
+        table.add_row(
+            refused["image_id"], f"refused: {refused['reason']}", "-", "-", "-", "-", "-",
+        )
     console = _console()
     if table.row_count:
         console.print(table)

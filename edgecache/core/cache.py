@@ -39,14 +39,17 @@ from edgecache.core import policy
 from edgecache.core.diskstore import DiskStore
 from edgecache.core.fill import Fill, Throttle, download
 from edgecache.core.index import Index
+from edgecache.core.inspection import Inspection, Mode, SafetyPolicy
 from edgecache.core.relay import relay
 from edgecache.core.views import (
+    DETECTED_FORMAT,
     VERIFIED_AT,
     Cooldown,
     Copy,
     FillProgress,
     FillState,
     Hit,
+    Rejection,
     Usage,
 )
 from edgecache.errors import (
@@ -55,6 +58,7 @@ from edgecache.errors import (
     FillCoolingDown,
     FillStalled,
     NoSpace,
+    UnsafeImage,
     UpstreamError,
     UpstreamRefused,
 )
@@ -66,6 +70,8 @@ LOG = logging.getLogger(__name__)
 #: unlink, the index): the loop never makes them, and they never wait behind
 #: the loop's default pool (DNS look-ups, sendfile's fallback reads).
 DISK_THREADS = 16
+#: Refused images remembered (each a record): enough for any site's unsafe uploads
+MAX_REJECTIONS = 1024
 
 _T = TypeVar("_T")
 
@@ -86,6 +92,7 @@ class ImageCache:
         metrics: m.Metrics | None = None,
         clock: Clock = SYSTEM,
         write: Callable[[int, bytes | memoryview, int], None] | None = None,
+        safety: SafetyPolicy | None = None,
     ) -> None:
         self._store = store
         self._source = source
@@ -102,6 +109,10 @@ class ImageCache:
         self._reserved = 0
         #: images whose last fill failed for upstream's reasons, until their cool-down ends
         self._cooling: dict[str, Cooldown] = {}
+        #: ``[image_safety]``: the daemon passes the operator's (enforce by default)
+        self._safety = safety or SafetyPolicy(Mode.OFF)
+        #: images the format inspector refused, oldest first (at most MAX_REJECTIONS)
+        self._rejected: dict[str, Rejection] = {}
         self._dirty: set[str] = set()
         self._housekeeping: asyncio.Task[None] | None = None
         #: background removals of evicted files, by image (a commit of the same id waits)
@@ -259,6 +270,15 @@ class ImageCache:
             del self._cooling[meta.id]
             return None
         return cooling
+
+    def rejection(self, meta: ImageMeta) -> Rejection | None:
+        """The format inspector's refusal of exactly these bytes, if it refused them."""
+        rejected = self._rejected.get(meta.id)
+        return rejected if rejected is not None and same_bytes(rejected.meta, meta) else None
+
+    def rejections(self) -> list[Rejection]:
+        """Every image refused as unsafe lately, oldest first (the cache API lists them)."""
+        return list(self._rejected.values())
 
     def can_admit(self, size: int | None) -> bool:
         """Whether a fill of ``size`` bytes could start now (evicting what it must), within
@@ -435,6 +455,9 @@ class ImageCache:
                 fill.lift_throttle()
                 self._demand_changed()
             return fill, False
+        rejected = self.rejection(meta)
+        if rejected is not None:
+            raise UnsafeImage(meta.id, rejected.reason, rejected.detail)
         cooling = self.cooldown(meta)
         if cooling is not None:
             raise FillCoolingDown(
@@ -471,9 +494,14 @@ class ImageCache:
             return None
         for victim in victims:
             self._evict_now(victim.image_id)
+        inspection = (
+            Inspection(meta.id, meta.disk_format, self._safety) if self._safety.inspects
+            else None
+        )
         fill = Fill(meta, size=size, partial=partial, fd=fd, verify=self._verify,
                     clock=self._clock.monotonic,
-                    on_received=self._metrics.upstream_fetched_bytes.inc, write=self.write)
+                    on_received=self._metrics.upstream_fetched_bytes.inc, write=self.write,
+                    inspection=inspection)
         fill.throttle = throttle
         self._reserved += size
         self._fills[meta.id] = fill
@@ -523,6 +551,15 @@ class ImageCache:
                 on_break=self._metrics.upstream_errors.labels(reason="body").inc,
             )
             entry = Entry.from_meta(fill.meta, size=fill.size, now=self._clock.time())
+            verdict = fill.verdict
+            if verdict is not None:
+                if verdict.detected is not None:
+                    entry.extra[DETECTED_FORMAT] = verdict.detected
+                if not verdict.safe:  # [image_safety] mode = log: served, counted, logged
+                    self._metrics.image_safety_rejections.labels(reason=verdict.reason).inc()
+                    LOG.warning("image %s would be refused as unsafe (%s): %s; "
+                                "[image_safety] mode = log keeps it", fill.image_id,
+                                verdict.reason, verdict.detail)
             removal = self._removals.get(fill.image_id)
             if removal is not None:
                 await asyncio.shield(removal)  # an older copy's removal must not hit the new one
@@ -558,6 +595,9 @@ class ImageCache:
                 fill.fail(exc)  # a refused connection or a 5xx may be gone in a second
             self._metrics.upstream_errors.labels(reason=exc.reason).inc()
             LOG.warning("fill of %s failed: %s", fill.image_id, exc)
+        except UnsafeImage as exc:
+            fill.fail(exc)
+            self._reject(fill, exc)
         except FillAborted as exc:
             self._failed(fill, exc)
             self._metrics.integrity_failures.inc()
@@ -580,6 +620,20 @@ class ImageCache:
             await asyncio.shield(self._in_disk(self._close_partial, fill, committed))
             self._publish()
             self._sample_disk_soon()
+
+    def _reject(self, fill: Fill, exc: UnsafeImage) -> None:
+        """Keep an unsafe image out: counted and logged once, no fill of its bytes again."""
+        verdict = fill.verdict
+        self._rejected.pop(fill.image_id, None)
+        self._rejected[fill.image_id] = Rejection(
+            fill.meta, exc.reason, exc.detail, verdict.detected if verdict else None,
+            self._clock.time(),
+        )
+        while len(self._rejected) > MAX_REJECTIONS:
+            del self._rejected[next(iter(self._rejected))]
+        self._metrics.image_safety_rejections.labels(reason=exc.reason).inc()
+        LOG.error("image %s refused as unsafe (%s): %s; it is not cached", fill.image_id,
+                  exc.reason, exc.detail)
 
     def _failed(self, fill: Fill, exc: BaseException) -> None:
         """End a fill whose upstream bytes are wrong (hash, size): cool the image down.

@@ -31,12 +31,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
+from edgecache.core.inspection import Inspection, Mode, Verdict
 from edgecache.core.intake import Intake
 from edgecache.errors import (
     CacheDiskError,
     ChecksumMismatch,
     FillAborted,
     ShortBody,
+    UnsafeImage,
     UpstreamError,
 )
 from edgecache.model import DetachableBody, ImageBody, ImageMeta, ImageSource, RawStream
@@ -50,6 +52,11 @@ _MAX_IN_FLIGHT = 4
 #: Hash states kept, one per chunk hashed: the hasher runs at most a few chunks
 #: ahead of the writer, so the state at the first failed write is among them.
 _HASH_MARKS = 4 * _MAX_IN_FLIGHT
+
+#: Bytes the first callers' headers wait for the format inspector's verdict: most
+#: formats are known within 1 MiB (VHDX within 4). Past this, headers go out and a
+#: verdict that needs the whole image is made with the hash, before the last byte.
+INSPECTION_HOLD = 8 << 20
 
 
 class Throttle(Protocol):
@@ -78,8 +85,13 @@ class Fill:
         clock: Callable[[], float] = time.monotonic,
         on_received: Callable[[int], None] | None = None,
         write: Callable[[int, bytes | memoryview, int], None] | None = None,
+        inspection: Inspection | None = None,
     ) -> None:
         self.meta = meta
+        #: the format inspector the bytes pass through, in the hash thread
+        self._inspection = inspection
+        #: the verdict that refused the image (enforce mode): the fill fails with it
+        self.unsafe: UnsafeImage | None = None
         #: ``write(fd, data, offset)`` puts a chunk on disk (in the writer thread)
         self._write = write or _pwrite_all
         #: set by the first write that failed: the watermark never passes a hole
@@ -118,9 +130,18 @@ class Fill:
         #: resolved when upstream answered 200 (callers may send headers), or failed
         self.started: asyncio.Future[None] = loop.create_future()
         self._progress: asyncio.Future[None] = loop.create_future()
+        self._loop = loop
+        #: resolved once headers may go out: the inspector's verdict (None: not needed,
+        #: or not reached within INSPECTION_HOLD bytes), or the fill's end
+        self.inspected: asyncio.Future[Verdict | None] = loop.create_future()
+        if inspection is None:
+            self.inspected.set_result(None)
+        self._intake: Intake | None = None
         self.readers = 0
         #: set for a prefetch: reads are paced until a live caller joins (lift_throttle)
         self.throttle: Throttle | None = None
+        if inspection is not None and inspection.verdict is not None:
+            self._inspected_now()  # decided by the record alone (a disk_format it cannot read)
 
     # -- the reader's side ----------------------------------------------------------
 
@@ -177,6 +198,19 @@ class Fill:
 
     async def wait_started(self) -> None:
         await asyncio.shield(self.started)
+
+    async def wait_inspected(self) -> Verdict | None:
+        """Wait until headers may go out; raises :class:`UnsafeImage` if the image is
+        refused. None when no verdict is needed yet (it comes with the hash then)."""
+        verdict = await asyncio.shield(self.inspected)
+        if self.unsafe is not None:
+            raise self.unsafe
+        return verdict
+
+    @property
+    def verdict(self) -> Verdict | None:
+        """The format inspector's verdict, once it has one."""
+        return self._inspection.verdict if self._inspection is not None else None
 
     def relay_start(self) -> tuple[int, Any]:
         """Where a reader's own upstream read begins once the disk failed, and the hash
@@ -254,6 +288,8 @@ class Fill:
         if not self.started.done():
             self.started.set_exception(exc)
             self.started.exception()  # retrieved: not every fill has a waiting caller
+        if not self.inspected.done():
+            self.inspected.set_result(None)
         self._wake()
 
     def close(self) -> None:
@@ -317,12 +353,14 @@ class Fill:
                 write = loop.run_in_executor(self._writer, self._write_at, chunk, offset)
                 write.add_done_callback(functools.partial(self._on_written, offset, end))
                 writes.append(write)
-                if self._hasher is not None:
+                if self._hasher is not None or self._inspection is not None:
                     hashes.append(loop.run_in_executor(self._hashing, self._hash, chunk, end))
                 self.received = end
                 self.last_progress = self._clock()
                 await _drain(writes, _MAX_IN_FLIGHT)
                 await _drain(hashes, _MAX_IN_FLIGHT)
+                if self.unsafe is not None:
+                    raise self.unsafe
                 if self.throttle is not None:
                     # Not reading stops the socket: TCP then paces upstream itself.
                     await self.throttle.take(len(piece))
@@ -363,6 +401,7 @@ class Fill:
         if self._reading is None:
             self._reading = ThreadPoolExecutor(1, thread_name_prefix=f"read-{self.image_id[:8]}")
         running = loop.run_in_executor(self._reading, intake.run)
+        self._intake = intake
         try:
             await asyncio.shield(running)
         except asyncio.CancelledError:
@@ -370,9 +409,16 @@ class Fill:
             with contextlib.suppress(Exception):  # the fill is being cancelled anyway
                 await asyncio.shield(running)
             raise
+        except Exception as exc:
+            if self.unsafe is not None:  # stopped by the verdict (_inspected_now)
+                raise self.unsafe from exc
+            raise
         finally:
+            self._intake = None
             self.received = max(self.received, intake.offset)
             self._take_landed()
+        if self.unsafe is not None:
+            raise self.unsafe
 
     def _landed(self, loop: asyncio.AbstractEventLoop, end: int) -> None:
         """In the intake thread: bytes up to ``end`` are on disk. One wake-up queued at
@@ -400,9 +446,30 @@ class Fill:
             ) from exc
 
     def _hash(self, chunk: bytes | memoryview, end: int) -> None:
-        assert self._hasher is not None
-        self._hasher.update(chunk)
-        self._marks.append((end, self._hasher.copy()))
+        """In the hash thread: the running hash, and the inspector until it decides."""
+        if self._hasher is not None:
+            self._hasher.update(chunk)
+            self._marks.append((end, self._hasher.copy()))
+        inspection = self._inspection
+        if inspection is not None and inspection.verdict is None:
+            held = inspection.inspected < INSPECTION_HOLD
+            if inspection.feed(chunk) is not None or (
+                held and inspection.inspected >= INSPECTION_HOLD
+            ):
+                self._loop.call_soon_threadsafe(self._inspected_now)
+
+    def _inspected_now(self) -> None:
+        """On the loop: the inspector decided (or the hold is over). An unsafe image under
+        ``enforce`` stops the fill; callers still waiting for headers get the refusal."""
+        verdict = self.verdict
+        if verdict is not None and not verdict.safe and self.unsafe is None:
+            assert self._inspection is not None
+            if self._inspection.policy.mode is Mode.ENFORCE:
+                self.unsafe = UnsafeImage(self.image_id, verdict.reason or "", verdict.detail)
+                if self._intake is not None:
+                    self._intake.stop()
+        if not self.inspected.done():
+            self.inspected.set_result(verdict)
 
     def verify(self) -> None:
         """All bytes are in: check size and hash, then release the last byte."""
@@ -415,6 +482,13 @@ class Fill:
                     f"{self.expected[0]} of image {self.image_id} is {digest}, "
                     f"Glance recorded {self.expected[1]}"
                 )
+        if self._inspection is not None:
+            verdict = self._inspection.conclude()  # the hashes have settled: all fed
+            self._inspected_now()
+            if self.unsafe is not None:
+                raise self.unsafe
+            if not self.inspected.done():
+                self.inspected.set_result(verdict)
         self.verified = True
         self.last_progress = self._clock()
         self._wake()

@@ -78,8 +78,24 @@ class Cooldown:
         return max(0.0, self.until - now)
 
 
+@dataclass(frozen=True)
+class Rejection:
+    """An image the format inspector refused (core/inspection.py): no fill of these bytes
+    starts again; callers get the refusal."""
+
+    meta: ImageMeta
+    reason: str
+    detail: str
+    #: the format the inspector found, if it found one
+    detected: str | None
+    #: wall time of the refusal
+    at: float
+
+
 #: where the scrubber's last good re-hash is kept in an entry's ``extra``
 VERIFIED_AT = "verified_at"
+#: the format the inspector found when the entry was filled, in its ``extra``
+DETECTED_FORMAT = "detected_format"
 
 
 def verified_at(entry: Entry) -> float:

@@ -131,6 +131,7 @@ async def _service(app: web.Application) -> AsyncIterator[None]:
             failure_cooldown=settings.cache.failure_cooldown,
             metrics=metrics,
             clock=app[CLOCK_KEY],
+            safety=settings.image_safety,
         )
         await cache.start()
         metadata = MetadataCache(

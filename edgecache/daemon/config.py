@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from oslo_config import cfg, types
 
 from edgecache import __version__
+from edgecache.core.inspection import DEFAULT_VMDK_TYPES, Mode, SafetyPolicy
 from edgecache.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -316,6 +317,34 @@ cache_api_opts: list[cfg.Opt] = [
     ),
 ]
 
+image_safety_opts: list[cfg.Opt] = [
+    cfg.StrOpt(
+        "mode",
+        default="enforce",
+        choices=[
+            ("enforce", "refuse unsafe images (403) and keep them out of the cache"),
+            ("log", "serve them, but count and log what enforce would refuse"),
+            ("off", "inspect nothing"),
+        ],
+        help="What to do with an image whose content oslo.utils' format inspector (the "
+        "one Nova and Glance use) finds unsafe or not its disk_format: a qcow2 with a "
+        "backing file or an external data file, a VMDK of a create type not in "
+        "vmdk_allowed_types, content of another format than the record's disk_format "
+        "(GPT and ISO content may be labelled raw, as in Nova), a disk_format the "
+        "inspector cannot read (ami, aki and ari aside), or any failed safety check. "
+        "The verdict comes from the first bytes of a fill for most formats, before any "
+        "header is sent; a refused image answers 403 and is never cached. Counted in "
+        "edgecache_image_safety_rejections_total{reason}.",
+    ),
+    cfg.ListOpt(
+        "vmdk_allowed_types",
+        default=list(DEFAULT_VMDK_TYPES),
+        help="VMDK create types that may be served (Nova's [compute] vmdk_allowed_types "
+        "default). Types that name other files (monolithicFlat, twoGbMaxExtent*) can "
+        "point a hypervisor at host files: keep them out.",
+    ),
+]
+
 #: [upstream_auth]: keystoneauth1's own options, for the credentials prefetches use in
 #: keystone mode (the password plugin's options are shown in the sample).
 UPSTREAM_AUTH_GROUP = "upstream_auth"
@@ -344,6 +373,7 @@ _GROUPS: list[tuple[str | None, list[cfg.Opt]]] = [
     ("cache", scrub_opts),
     ("prefetch", prefetch_opts),
     ("cache_api", cache_api_opts),
+    ("image_safety", image_safety_opts),
 ]
 
 
@@ -402,6 +432,7 @@ class Settings:
     upstream: UpstreamSettings
     prefetch: PrefetchSettings = PrefetchSettings()
     cache_api: CacheApiSettings = CacheApiSettings()
+    image_safety: SafetyPolicy = dataclasses.field(default_factory=SafetyPolicy)
     bind_host: str = "127.0.0.1"
     bind_port: int = 9292
     auth_strategy: str = "noauth"
@@ -591,6 +622,12 @@ def _with_operator_settings(conf: cfg.ConfigOpts, settings: Settings) -> Setting
         ),
         cache_api=CacheApiSettings(
             admin_roles=tuple(r.strip() for r in conf.cache_api.admin_roles if r.strip()),
+        ),
+        image_safety=SafetyPolicy(
+            mode=Mode(conf.image_safety.mode),
+            vmdk_allowed_types=tuple(
+                t.strip() for t in conf.image_safety.vmdk_allowed_types if t.strip()
+            ),
         ),
     )
 

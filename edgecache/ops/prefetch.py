@@ -40,6 +40,7 @@ from edgecache.errors import (
     EdgecacheError,
     FillCoolingDown,
     NoSpace,
+    UnsafeImage,
     UpstreamError,
     UpstreamRefused,
 )
@@ -412,6 +413,9 @@ class Prefetcher:
         except FillCoolingDown as exc:
             await self._retry(item, str(exc))
             return
+        except UnsafeImage as exc:
+            await self._finish(item, "failed", str(exc))
+            return
         if joined is not None and self._items.get(image_id) is not item:
             self.cache.cancel_prefetch(image_id)  # unqueued while its file was created
             return
@@ -431,6 +435,8 @@ class Prefetcher:
             await self._finish(item, "cached")
         elif isinstance(fill.error, UpstreamRefused):
             await self._finish(item, "failed", f"Glance answered {fill.error.status}")
+        elif isinstance(fill.error, UnsafeImage):
+            await self._finish(item, "failed", str(fill.error))
         else:
             await self._retry(item, str(fill.error or "the fill did not commit"))
 

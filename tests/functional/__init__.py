@@ -27,6 +27,7 @@ from pytest_aiohttp import AiohttpClient
 from edgecache.api.routes import SERVICE_KEY
 from edgecache.clock import SYSTEM
 from edgecache.core.cache import ImageCache
+from edgecache.core.inspection import SafetyPolicy
 from edgecache.daemon.app import METRICS_KEY, make_app, runner_options
 from edgecache.daemon.config import CacheSettings, Settings, UpstreamSettings
 from edgecache.metrics import Metrics
@@ -193,8 +194,10 @@ def settings(
     direct_stores: bool = False,
     direct_store_allow: tuple[str, ...] = (),
     max_resume_attempts: int = 5,
+    image_safety: SafetyPolicy | None = None,
 ) -> Settings:
     return Settings(
+        image_safety=image_safety or SafetyPolicy(),
         cache=CacheSettings(
             directory=str(root), max_size=max_size, stall_time=stall_time,
             failure_cooldown=failure_cooldown,

@@ -508,7 +508,8 @@ async def test_an_operator_removing_an_image_stops_its_fill(
     image_id = fg.add_image(data, fault=Fault(trickle_chunk=128 * 1024, trickle_delay=0.02))["id"]
     caller = asyncio.ensure_future(edge.fetch(file_path(image_id)))
     await eventually(lambda: (fill := edge.cache.running_fill(image_id)) is not None
-                     and fill.written > 0, WAIT, "the fill to start")
+                     and fill.inspected.done() and fill.written > 0, WAIT,
+                     "the fill to pass its format check (the caller's headers go out)")
 
     if how == "delete":
         answer = await edge.client.delete(f"/v2/cache/{image_id}")

@@ -43,6 +43,7 @@ from edgecache.core.inspection import Inspection, Mode, SafetyPolicy
 from edgecache.core.relay import relay
 from edgecache.core.views import (
     DETECTED_FORMAT,
+    DISK_FORMAT,
     VERIFIED_AT,
     Cooldown,
     Copy,
@@ -553,6 +554,7 @@ class ImageCache:
             entry = Entry.from_meta(fill.meta, size=fill.size, now=self._clock.time())
             verdict = fill.verdict
             if verdict is not None:
+                entry.extra[DISK_FORMAT] = fill.meta.disk_format
                 if verdict.detected is not None:
                     entry.extra[DETECTED_FORMAT] = verdict.detected
                 if not verdict.safe:  # [image_safety] mode = log: served, counted, logged
@@ -624,16 +626,19 @@ class ImageCache:
     def _reject(self, fill: Fill, exc: UnsafeImage) -> None:
         """Keep an unsafe image out: counted and logged once, no fill of its bytes again."""
         verdict = fill.verdict
-        self._rejected.pop(fill.image_id, None)
-        self._rejected[fill.image_id] = Rejection(
-            fill.meta, exc.reason, exc.detail, verdict.detected if verdict else None,
-            self._clock.time(),
-        )
-        while len(self._rejected) > MAX_REJECTIONS:
-            del self._rejected[next(iter(self._rejected))]
-        self._metrics.image_safety_rejections.labels(reason=exc.reason).inc()
+        self._remember_rejection(fill.meta, exc.reason, exc.detail,
+                                 verdict.detected if verdict else None)
         LOG.error("image %s refused as unsafe (%s): %s; it is not cached", fill.image_id,
                   exc.reason, exc.detail)
+
+    def _remember_rejection(
+        self, meta: ImageMeta, reason: str, detail: str, detected: str | None
+    ) -> None:
+        self._rejected.pop(meta.id, None)
+        self._rejected[meta.id] = Rejection(meta, reason, detail, detected, self._clock.time())
+        while len(self._rejected) > MAX_REJECTIONS:
+            del self._rejected[next(iter(self._rejected))]
+        self._metrics.image_safety_rejections.labels(reason=reason).inc()
 
     def _failed(self, fill: Fill, exc: BaseException) -> None:
         """End a fill whose upstream bytes are wrong (hash, size): cool the image down.
@@ -884,6 +889,29 @@ class ImageCache:
         LOG.error("cached image %s is corrupt (%s); evicting it", checked.image_id, detail)
         self._metrics.integrity_failures.inc()
         await self.evict(checked.image_id)
+        return True
+
+    @property
+    def safety(self) -> SafetyPolicy:
+        """``[image_safety]``, as the scrubber re-checks committed images against it."""
+        return self._safety
+
+    async def discard_unsafe(self, checked: Entry, reason: str, detail: str) -> bool:
+        """Evict a committed image the format inspector now refuses (the scrubber's
+        re-check), count it, and refuse its bytes from now on. False when the entry was
+        evicted or replaced meanwhile."""
+        live = self._current(checked)
+        if live is None:
+            return False
+        meta = ImageMeta(
+            id=live.image_id, status="active", size=live.size, checksum=live.checksum,
+            os_hash_algo=live.os_hash_algo, os_hash_value=live.os_hash_value,
+            updated_at=live.updated_at, disk_format=live.extra.get(DISK_FORMAT),
+        )
+        self._remember_rejection(meta, reason, detail, live.extra.get(DETECTED_FORMAT))
+        LOG.error("cached image %s refused as unsafe on re-check (%s): %s; evicting it",
+                  live.image_id, reason, detail)
+        await self.evict(live.image_id)
         return True
 
     def _current(self, entry: Entry) -> Entry | None:

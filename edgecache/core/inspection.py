@@ -89,16 +89,22 @@ class Inspection:
     thread, one call at a time.
     """
 
-    def __init__(self, image_id: str, disk_format: str | None, policy: SafetyPolicy) -> None:
+    def __init__(
+        self, image_id: str, disk_format: str | None, policy: SafetyPolicy, *,
+        label_known: bool = True,
+    ) -> None:
+        """``label_known=False``: the record's ``disk_format`` is not known (a copy cached
+        before edgecache inspected images): only the safety checks judge."""
         self.image_id = image_id
         self.disk_format = (disk_format or "").lower()
+        self._label_known = label_known
         self.policy = policy
         #: bytes fed so far (the inspector stops being fed once it has decided)
         self.inspected = 0
         self.verdict: Verdict | None = None
         self._source = _Chunk()
         self._wrapper = format_inspector.InspectWrapper(self._source)  # type: ignore[arg-type]
-        if self.disk_format not in AMI_FORMATS and (
+        if label_known and self.disk_format not in AMI_FORMATS and (
             format_inspector.get_inspector(self.disk_format) is None
         ):
             self.verdict = Verdict(None, "unsupported_disk_format",
@@ -149,7 +155,7 @@ class Inspection:
         claimed = self.disk_format
         if claimed == "raw" and detected in RAW_TOLERATES:
             claimed = detected
-        if claimed not in AMI_FORMATS and detected != claimed:
+        if self._label_known and claimed not in AMI_FORMATS and detected != claimed:
             return Verdict(detected, "disk_format_mismatch",
                            f"its content is {detected}, its disk_format {self.disk_format}")
         try:

@@ -96,6 +96,8 @@ class Rejection:
 VERIFIED_AT = "verified_at"
 #: the format the inspector found when the entry was filled, in its ``extra``
 DETECTED_FORMAT = "detected_format"
+#: the record's ``disk_format`` when the entry was filled, in its ``extra``
+DISK_FORMAT = "disk_format"
 
 
 def verified_at(entry: Entry) -> float:

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 from edgecache.clock import SYSTEM, Clock
 from edgecache.core.cache import ImageCache
-from edgecache.core.views import verified_at
+from edgecache.core.inspection import Inspection, Mode
+from edgecache.core.views import DETECTED_FORMAT, DISK_FORMAT, verified_at
 from edgecache.model import Entry, strongest_hash
 from edgecache.ops.ratelimit import TokenBucket
 
@@ -40,14 +41,19 @@ FAILURE_PAUSE = 1.0
 @dataclass(frozen=True)
 class Verdict:
     image_id: str
-    #: ok | corrupt | gone (evicted or replaced while it was being read)
+    #: ok | corrupt | unsafe (the format inspector refuses it now) | gone (evicted or
+    #: replaced while it was being read)
     result: str
     size: int
     detail: str = ""
 
 
-def _hash_range(fd: int, hasher: hashlib._Hash | None, offset: int, length: int) -> int:
-    """Hash up to ``length`` bytes from ``offset``; returns how many were read."""
+def _hash_range(
+    fd: int, hasher: hashlib._Hash | None, offset: int, length: int,
+    inspection: Inspection | None = None,
+) -> int:
+    """Hash (and inspect, until the inspector decides) up to ``length`` bytes from
+    ``offset``; returns how many were read."""
     done = 0
     while done < length:
         data = os.pread(fd, min(CHUNK, length - done), offset + done)
@@ -55,6 +61,8 @@ def _hash_range(fd: int, hasher: hashlib._Hash | None, offset: int, length: int)
             break
         if hasher is not None:
             hasher.update(data)
+        if inspection is not None and inspection.verdict is None:
+            inspection.feed(data)
         done += len(data)
     return done
 
@@ -132,17 +140,19 @@ class Scrubber:
         if opened is None:
             return await self._corrupt(entry, "the file is missing")
         fd = opened.fd
+        inspection = self._inspection_of(entry)
         try:
             expected = strongest_hash(entry)
             hasher = hashlib.new(expected[0]) if expected else None
             on_disk = (await asyncio.to_thread(os.fstat, fd)).st_size
             read = 0
             if bucket is None:
-                read = await asyncio.to_thread(_hash_range, fd, hasher, 0, entry.size)
+                read = await asyncio.to_thread(_hash_range, fd, hasher, 0, entry.size, inspection)
             else:
                 while read < entry.size:
                     step = min(CHUNK, entry.size - read)
-                    got = await asyncio.to_thread(_hash_range, fd, hasher, read, step)
+                    got = await asyncio.to_thread(_hash_range, fd, hasher, read, step,
+                                                  inspection)
                     read += got
                     if got < step:
                         break
@@ -155,9 +165,41 @@ class Scrubber:
             return await self._corrupt(entry, f"{on_disk} bytes on disk, {entry.size} recorded")
         if hasher is not None and expected is not None and hasher.hexdigest() != expected[1]:
             return await self._corrupt(entry, f"{expected[0]} differs from Glance's")
+        if inspection is not None:
+            refused = await self._recheck(entry, inspection)
+            if refused is not None:
+                return refused
         if not await self.cache.mark_verified(entry, self._clock.time()):
             return Verdict(image_id, "gone", entry.size)
         return Verdict(image_id, "ok", entry.size)
+
+    def _inspection_of(self, entry: Entry) -> Inspection | None:
+        """The format check of a committed copy: against the record's ``disk_format``
+        when the fill kept it, else (a copy cached before inspection) safety only."""
+        policy = self.cache.safety
+        if not policy.inspects:
+            return None
+        label = entry.extra.get(DISK_FORMAT)
+        return Inspection(entry.image_id, label, policy, label_known=label is not None)
+
+    async def _recheck(self, entry: Entry, inspection: Inspection) -> Verdict | None:
+        """The inspector's verdict on the bytes just re-read; an unsafe copy is evicted
+        (``enforce``) or logged (``log``). None when the copy is fine."""
+        verdict = inspection.conclude()
+        reason, detail = verdict.reason, verdict.detail
+        kept = entry.extra.get(DETECTED_FORMAT)
+        if reason is None and kept is not None and verdict.detected != kept:
+            reason = "disk_format_mismatch"
+            detail = f"its content is {verdict.detected}, {kept} when it was cached"
+        if reason is None:
+            return None
+        if inspection.policy.mode is not Mode.ENFORCE:
+            LOG.warning("cached image %s would be refused as unsafe (%s): %s", entry.image_id,
+                        reason, detail)
+            return None
+        if not await self.cache.discard_unsafe(entry, reason, detail):
+            return Verdict(entry.image_id, "gone", entry.size)
+        return Verdict(entry.image_id, "unsafe", entry.size, f"{reason}: {detail}")
 
     async def _corrupt(self, entry: Entry, detail: str) -> Verdict:
         if not await self.cache.discard_corrupt(entry, detail):

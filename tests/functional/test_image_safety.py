@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from pytest_aiohttp import AiohttpClient
 
+from edgecache.api.cache_api import CACHE_ADMIN_KEY
 from edgecache.core import fill as fill_module
 from edgecache.core.inspection import Mode, SafetyPolicy
 from lab.units import KiB
@@ -139,3 +140,43 @@ async def test_off_inspects_nothing(
     listed = await (await edge.client.get("/v2/cache")).json()
     assert [e["detected_format"] for e in listed["cached_images"]] == [None]
     assert edge.sample("edgecache_image_safety_rejections_total", reason="backing_file") == 0
+
+
+async def test_the_scrubber_refuses_an_unsafe_copy_cached_before_enforce(
+    aiohttp_client: AiohttpClient, faulty_glance: FaultyGlance, tmp_path: Path,
+    disk_images: dict[str, DiskImage],
+) -> None:
+    """A qcow2 with a backing file cached while the check was off: once edgecache runs
+    with ``enforce``, the scrubber's re-read refuses it, evicts it, and callers get 403."""
+    root = tmp_path / "cache"
+    image = disk_images["backing-file"]
+    image_id = _add(faulty_glance, image)
+    before = await _edge(aiohttp_client, faulty_glance, root, Mode.OFF)
+    assert (await before.fetch(file_path(image_id))).status == 200
+    await before.settled()
+    await before.client.close()  # the daemon restarts with the check on
+
+    edge = await _edge(aiohttp_client, faulty_glance, root)
+    assert edge.data_files() == {image_id: len(image.data)}
+    verdict = await edge.app[CACHE_ADMIN_KEY].scrubber.verify(image_id)
+    assert verdict is not None
+    assert (verdict.result, verdict.detail.split(":")[0]) == ("unsafe", "backing_file")
+    await edge.settled()
+    assert edge.data_files() == {}
+    got = await edge.fetch(file_path(image_id))
+    assert got.status == 403 and b"backing_file" in got.body
+    assert faulty_glance.count("GET", file_path(image_id)) == 1, "refused without a refetch"
+    assert edge.sample("edgecache_image_safety_rejections_total", reason="backing_file") == 1
+
+
+async def test_the_scrubber_passes_a_safe_copy(
+    aiohttp_client: AiohttpClient, faulty_glance: FaultyGlance, tmp_path: Path,
+    disk_images: dict[str, DiskImage],
+) -> None:
+    edge = await _edge(aiohttp_client, faulty_glance, tmp_path / "cache")
+    image_id = _add(faulty_glance, disk_images["clean-qcow2"])
+    assert (await edge.fetch(file_path(image_id))).status == 200
+    await edge.settled()
+    verdict = await edge.app[CACHE_ADMIN_KEY].scrubber.verify(image_id)
+    assert verdict is not None and verdict.result == "ok"
+    assert image_id in edge.data_files()

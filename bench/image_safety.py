@@ -6,7 +6,7 @@ of it, one inspecting every fill and one not; each round fetches each image cold
 from each daemon once (the copy is removed through the cache API before every
 GET), with curl writing to /dev/null, in an order that alternates from round to
 round. It prints the median GB/s of each and the ratio ``enforce / off``
-(issue 12's target: within 5 %).
+(the target: within 5 %).
 
 Run it alone on an idle machine (docs/behaviour.md#measuring)::
 

@@ -64,6 +64,21 @@ class UnsafeImage(FillAborted):
         self.detail = detail
 
 
+class CertificateRefused(UpstreamRefused):
+    """The key manager would not give this caller the image's signing certificate.
+
+    This caller's answer, not the image's (another may read the certificate): a
+    403 to it alone, like Glance's own refusals; nothing is remembered of the image.
+    """
+
+    def __init__(self, image_id: str, detail: str) -> None:
+        self.message = (f"Image {image_id} is refused: its signature cannot be verified, "
+                        f"{detail}")
+        super().__init__(403, self.message.encode(), {})
+        self.image_id = image_id
+        self.detail = detail
+
+
 class CacheDiskError(FillAborted):
     """The cache's own disk refused a fill's write (ENOSPC, EIO): not upstream's fault.
 

@@ -27,7 +27,7 @@ ADMISSION_REFUSALS = ("max_size", "disk_space")
 #: Why the format inspector refused an image (core/inspection.py)
 IMAGE_SAFETY_REASONS = (
     "unsupported_disk_format", "disk_format_mismatch", "multiple_formats",
-    "backing_file", "data_file", "vmdk_type", "safety_check",
+    "backing_file", "data_file", "vmdk_type", "safety_check", "signature", "unsigned",
 )
 
 

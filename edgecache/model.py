@@ -9,6 +9,7 @@ wherever image bytes come from; which server produced them is not its business.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import socket
@@ -33,6 +34,27 @@ def image_id_of(text: str) -> str | None:
 
 
 @dataclass(frozen=True)
+class SignatureProperties:
+    """Glance's image-signature properties (the bytes signed, with a key the certificate in
+    the key manager holds); any may be missing, which fails the verification."""
+
+    signature: str | None
+    hash_method: str | None
+    key_type: str | None
+    certificate_uuid: str | None
+
+    @classmethod
+    def from_glance(cls, record: Mapping[str, Any]) -> SignatureProperties | None:
+        found = cls(
+            signature=_text_or_none(record.get("img_signature")),
+            hash_method=_text_or_none(record.get("img_signature_hash_method")),
+            key_type=_text_or_none(record.get("img_signature_key_type")),
+            certificate_uuid=_text_or_none(record.get("img_signature_certificate_uuid")),
+        )
+        return found if any(dataclasses.astuple(found)) else None
+
+
+@dataclass(frozen=True)
 class ImageMeta:
     """The fields of Glance's image record that decide what edgecache may serve."""
 
@@ -48,6 +70,8 @@ class ImageMeta:
     locations: tuple[str, ...] = ()
     #: what the record says the bytes are (qcow2, raw, ...): the format inspector's claim
     disk_format: str | None = None
+    #: the image's ``img_signature*`` properties, when it carries any
+    signature: SignatureProperties | None = None
 
     @classmethod
     def from_glance(cls, record: Mapping[str, Any]) -> ImageMeta:
@@ -62,6 +86,7 @@ class ImageMeta:
             updated_at=_text_or_none(record.get("updated_at")),
             locations=_locations(record),
             disk_format=_text_or_none(record.get("disk_format")),
+            signature=SignatureProperties.from_glance(record),
         )
 
     def strongest_hash(self) -> tuple[str, str] | None:

@@ -24,6 +24,7 @@ from http import HTTPStatus
 from aiohttp import web
 
 from edgecache.errors import (
+    CertificateRefused,
     EdgecacheError,
     FillAborted,
     FillCoolingDown,
@@ -110,6 +111,8 @@ def relay(refusal: UpstreamRefused) -> web.Response:
 
 def answer_for(exc: EdgecacheError) -> web.Response:
     """The HTTP answer to an edgecache error raised while serving a request."""
+    if isinstance(exc, CertificateRefused):  # before UpstreamRefused: ours, not Glance's
+        return error_response(403, exc.message)
     if isinstance(exc, UpstreamRefused):
         return relay(exc)
     if isinstance(exc, FillCoolingDown):

@@ -355,7 +355,10 @@ async def _perform(
                 return refused
             return await _send_hit(request, asked, hit, service, outcome)
         try:
-            joined = await service.cache.fill_for(meta, headers)
+            identity = caller_identity(request)
+            joined = await service.cache.fill_for(
+                meta, headers, project_id=identity.project_id if identity else None
+            )
         except FillCoolingDown as exc:
             outcome.settle("error")
             return answer_for(exc)

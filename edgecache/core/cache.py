@@ -41,6 +41,7 @@ from edgecache.core.fill import Fill, Throttle, download
 from edgecache.core.index import Index
 from edgecache.core.inspection import Inspection, Mode, SafetyPolicy
 from edgecache.core.relay import relay
+from edgecache.core.signature import SIGNATURE_REASONS, SignatureCheck
 from edgecache.core.views import (
     DETECTED_FORMAT,
     DISK_FORMAT,
@@ -55,6 +56,7 @@ from edgecache.core.views import (
 )
 from edgecache.errors import (
     CacheDiskError,
+    CertificateRefused,
     FillAborted,
     FillCoolingDown,
     FillStalled,
@@ -94,6 +96,7 @@ class ImageCache:
         clock: Clock = SYSTEM,
         write: Callable[[int, bytes | memoryview, int], None] | None = None,
         safety: SafetyPolicy | None = None,
+        signatures: SignatureCheck | None = None,
     ) -> None:
         self._store = store
         self._source = source
@@ -112,6 +115,8 @@ class ImageCache:
         self._cooling: dict[str, Cooldown] = {}
         #: ``[image_safety]``: the daemon passes the operator's (enforce by default)
         self._safety = safety or SafetyPolicy(Mode.OFF)
+        #: ``[image_safety] verify_signatures``: each fill's signature verifier, or None
+        self._signatures = signatures
         #: images the format inspector refused, oldest first (at most MAX_REJECTIONS)
         self._rejected: dict[str, Rejection] = {}
         self._dirty: set[str] = set()
@@ -273,9 +278,13 @@ class ImageCache:
         return cooling
 
     def rejection(self, meta: ImageMeta) -> Rejection | None:
-        """The format inspector's refusal of exactly these bytes, if it refused them."""
+        """The refusal of exactly these bytes (and, for a signature's, this signature)."""
         rejected = self._rejected.get(meta.id)
-        return rejected if rejected is not None and same_bytes(rejected.meta, meta) else None
+        if rejected is None or not same_bytes(rejected.meta, meta):
+            return None
+        if rejected.reason in SIGNATURE_REASONS and rejected.meta.signature != meta.signature:
+            return None  # signed again, or pointed at another certificate: check afresh
+        return rejected
 
     def rejections(self) -> list[Rejection]:
         """Every image refused as unsafe lately, oldest first (the cache API lists them)."""
@@ -431,9 +440,13 @@ class ImageCache:
         return fill
 
     async def fill_for(
-        self, meta: ImageMeta, headers: Mapping[str, str], *, throttle: Throttle | None = None
+        self, meta: ImageMeta, headers: Mapping[str, str], *, throttle: Throttle | None = None,
+        project_id: str | None = None,
     ) -> tuple[Fill, bool] | None:
         """Join the fill of exactly these bytes, or start one. ``(fill, started_now)``.
+
+        ``headers`` authenticate the fill's calls to Glance; ``project_id`` is the
+        project of their token, for the key manager (signed images).
 
         ``throttle`` marks a prefetch: a fill it starts reads at the prefetch rate
         until a live caller (no throttle) joins, which lifts the cap for good.
@@ -506,7 +519,9 @@ class ImageCache:
         fill.throttle = throttle
         self._reserved += size
         self._fills[meta.id] = fill
-        task = asyncio.create_task(self._run_fill(fill, dict(headers)), name=f"fill-{meta.id}")
+        task = asyncio.create_task(
+            self._run_fill(fill, dict(headers), project_id), name=f"fill-{meta.id}"
+        )
         self._fill_tasks[meta.id] = task
         self._demand_changed()
         self._publish()
@@ -540,11 +555,15 @@ class ImageCache:
                             size, self._store.root, self._disk_room() or 0)
         return victims
 
-    async def _run_fill(self, fill: Fill, headers: dict[str, str]) -> None:
+    async def _run_fill(
+        self, fill: Fill, headers: dict[str, str], project_id: str | None
+    ) -> None:
         started = self._clock.monotonic()
         self._metrics.fills_in_progress.inc()
         committed = False
         try:
+            if self._signatures is not None:
+                await self._arm_signature(fill, headers, project_id)
             await download(
                 fill, self._source, headers,
                 max_resumes=self._max_resume_attempts,
@@ -558,10 +577,10 @@ class ImageCache:
                 if verdict.detected is not None:
                     entry.extra[DETECTED_FORMAT] = verdict.detected
                 if not verdict.safe:  # [image_safety] mode = log: served, counted, logged
-                    self._metrics.image_safety_rejections.labels(reason=verdict.reason).inc()
-                    LOG.warning("image %s would be refused as unsafe (%s): %s; "
-                                "[image_safety] mode = log keeps it", fill.image_id,
-                                verdict.reason, verdict.detail)
+                    self._served_anyway(fill.image_id, verdict.reason or "", verdict.detail)
+            if fill.signature_failure is not None:
+                failure = fill.signature_failure
+                self._served_anyway(fill.image_id, failure.reason, failure.detail)
             removal = self._removals.get(fill.image_id)
             if removal is not None:
                 await asyncio.shield(removal)  # an older copy's removal must not hit the new one
@@ -622,6 +641,32 @@ class ImageCache:
             await asyncio.shield(self._in_disk(self._close_partial, fill, committed))
             self._publish()
             self._sample_disk_soon()
+
+    async def _arm_signature(
+        self, fill: Fill, headers: Mapping[str, str], project_id: str | None
+    ) -> None:
+        """The signature verifier, before the first byte (the certificate comes from the
+        key manager as the caller who started the fill). Under ``log`` a failure here
+        is counted and the image served unverified."""
+        assert self._signatures is not None
+        fill.signature_enforced = self._safety.mode is not Mode.LOG
+        try:
+            fill.signature = await self._signatures.verifier(fill.meta, headers, project_id)
+        except CertificateRefused as exc:  # this caller's answer: nothing kept of the image
+            if fill.signature_enforced:
+                self._metrics.image_safety_rejections.labels(reason="signature").inc()
+                LOG.warning("image %s refused to this caller: %s", fill.image_id, exc.message)
+                raise
+            fill.signature_failure = UnsafeImage(fill.image_id, "signature", exc.detail)
+        except UnsafeImage as exc:
+            if fill.signature_enforced:
+                raise
+            fill.signature_failure = exc
+
+    def _served_anyway(self, image_id: str, reason: str, detail: str) -> None:
+        self._metrics.image_safety_rejections.labels(reason=reason).inc()
+        LOG.warning("image %s would be refused as unsafe (%s): %s; [image_safety] mode = log "
+                    "keeps it", image_id, reason, detail)
 
     def _reject(self, fill: Fill, exc: UnsafeImage) -> None:
         """Keep an unsafe image out: counted and logged once, no fill of its bytes again."""

@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
+from edgecache.core import signature
 from edgecache.core.inspection import Inspection, Mode, Verdict
 from edgecache.core.intake import Intake
 from edgecache.errors import (
@@ -92,6 +93,11 @@ class Fill:
         self._inspection = inspection
         #: the verdict that refused the image (enforce mode): the fill fails with it
         self.unsafe: UnsafeImage | None = None
+        #: the image signature's verifier (set before the first byte), fed beside the hash;
+        #: a bad signature fails the fill when enforced, else it is only recorded
+        self.signature: signature.Verifier | None = None
+        self.signature_enforced = True
+        self.signature_failure: UnsafeImage | None = None
         #: ``write(fd, data, offset)`` puts a chunk on disk (in the writer thread)
         self._write = write or _pwrite_all
         #: set by the first write that failed: the watermark never passes a hole
@@ -353,7 +359,7 @@ class Fill:
                 write = loop.run_in_executor(self._writer, self._write_at, chunk, offset)
                 write.add_done_callback(functools.partial(self._on_written, offset, end))
                 writes.append(write)
-                if self._hasher is not None or self._inspection is not None:
+                if self._digests:
                     hashes.append(loop.run_in_executor(self._hashing, self._hash, chunk, end))
                 self.received = end
                 self.last_progress = self._clock()
@@ -445,11 +451,20 @@ class Fill:
                 f"writing {len(chunk)} bytes at {offset} of {self.partial}: {exc}"
             ) from exc
 
+    @property
+    def _digests(self) -> bool:
+        """Whether anything reads the bytes in the hash thread."""
+        return (self._hasher is not None or self._inspection is not None
+                or self.signature is not None)
+
     def _hash(self, chunk: bytes | memoryview, end: int) -> None:
-        """In the hash thread: the running hash, and the inspector until it decides."""
+        """In the hash thread: the running hash, the signature's verifier, and the
+        inspector until it decides."""
         if self._hasher is not None:
             self._hasher.update(chunk)
             self._marks.append((end, self._hasher.copy()))
+        if self.signature is not None:
+            self.signature.update(chunk)
         inspection = self._inspection
         if inspection is not None and inspection.verdict is None:
             held = inspection.inspected < INSPECTION_HOLD
@@ -482,6 +497,14 @@ class Fill:
                     f"{self.expected[0]} of image {self.image_id} is {digest}, "
                     f"Glance recorded {self.expected[1]}"
                 )
+        if self.signature is not None:
+            try:
+                signature.check(self.image_id, self.signature)
+            except UnsafeImage as exc:
+                if self.signature_enforced:
+                    self.unsafe = self.unsafe or exc
+                    raise
+                self.signature_failure = exc
         if self._inspection is not None:
             verdict = self._inspection.conclude()  # the hashes have settled: all fed
             self._inspected_now()

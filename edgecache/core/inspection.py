@@ -52,6 +52,10 @@ class SafetyPolicy:
 
     mode: Mode = Mode.ENFORCE
     vmdk_allowed_types: tuple[str, ...] = DEFAULT_VMDK_TYPES
+    #: verify ``img_signature`` (core/signature.py) of the images that carry one
+    verify_signatures: bool = False
+    #: refuse an image without a signature (with ``verify_signatures``)
+    require_signatures: bool = False
 
     @property
     def inspects(self) -> bool:

@@ -45,6 +45,7 @@ from edgecache.api.streaming import SENDERS_KEY, Senders
 from edgecache.clock import SYSTEM, Clock
 from edgecache.core.cache import ImageCache
 from edgecache.core.diskstore import DiskStore
+from edgecache.core.signature import SignatureCheck
 from edgecache.daemon import logs, sdnotify
 from edgecache.daemon.config import Settings, live_settings
 from edgecache.errors import ConfigError
@@ -53,6 +54,7 @@ from edgecache.model import ImageMeta, ImageSource
 from edgecache.ops.prefetch import MetadataSource, Prefetcher, PrefetchQueue
 from edgecache.ops.scrub import Scrubber
 from edgecache.upstream.glance import GlanceUpstream
+from edgecache.upstream.keymanager import CastellanCertificates
 from edgecache.upstream.service_auth import credentials_for
 from edgecache.upstream.stores import DirectStoreSource, default_stores
 from edgecache.upstream.stores.allow import StoreAllowlist
@@ -132,6 +134,7 @@ async def _service(app: web.Application) -> AsyncIterator[None]:
             metrics=metrics,
             clock=app[CLOCK_KEY],
             safety=settings.image_safety,
+            signatures=_signature_check(settings),
         )
         await cache.start()
         metadata = MetadataCache(
@@ -175,6 +178,15 @@ async def _service(app: web.Application) -> AsyncIterator[None]:
             await deletions.close()
             await cache_admin.stop()
             await cache.stop()
+
+
+def _signature_check(settings: Settings) -> SignatureCheck | None:
+    """``[image_safety] verify_signatures``: certificates from castellan's key manager."""
+    policy = settings.image_safety
+    if not policy.verify_signatures:
+        return None
+    conf = settings.key_manager_conf or cfg.ConfigOpts()
+    return SignatureCheck(CastellanCertificates(conf), require=policy.require_signatures)
 
 
 def build_cache_admin(

@@ -343,6 +343,22 @@ image_safety_opts: list[cfg.Opt] = [
         "default). Types that name other files (monolithicFlat, twoGbMaxExtent*) can "
         "point a hypervisor at host files: keep them out.",
     ),
+    cfg.BoolOpt(
+        "verify_signatures",
+        default=False,
+        help="Verify Glance image signatures (img_signature, img_signature_hash_method, "
+        "img_signature_key_type, img_signature_certificate_uuid) as Nova does with "
+        "[glance] verify_glance_signatures: the certificate comes from the key manager "
+        "castellan's [key_manager] and [barbican] options name, asked with the token of "
+        "the caller who starts the fill; the bytes are checked in the same pass as the "
+        "hash, before the last byte. A bad or unverifiable signature is refused like an "
+        "unsafe image (403, never cached); mode = log serves it and counts it.",
+    ),
+    cfg.BoolOpt(
+        "require_signatures",
+        default=False,
+        help="With verify_signatures, refuse images that carry no signature.",
+    ),
 ]
 
 #: [upstream_auth]: keystoneauth1's own options, for the credentials prefetches use in
@@ -433,6 +449,11 @@ class Settings:
     prefetch: PrefetchSettings = PrefetchSettings()
     cache_api: CacheApiSettings = CacheApiSettings()
     image_safety: SafetyPolicy = dataclasses.field(default_factory=SafetyPolicy)
+    #: the parsed configuration, for castellan's [key_manager] and [barbican] (read by
+    #: castellan itself) when signatures are verified
+    key_manager_conf: cfg.ConfigOpts | None = dataclasses.field(
+        default=None, compare=False, repr=False
+    )
     bind_host: str = "127.0.0.1"
     bind_port: int = 9292
     auth_strategy: str = "noauth"
@@ -628,7 +649,10 @@ def _with_operator_settings(conf: cfg.ConfigOpts, settings: Settings) -> Setting
             vmdk_allowed_types=tuple(
                 t.strip() for t in conf.image_safety.vmdk_allowed_types if t.strip()
             ),
+            verify_signatures=conf.image_safety.verify_signatures,
+            require_signatures=conf.image_safety.require_signatures,
         ),
+        key_manager_conf=conf if conf.image_safety.verify_signatures else None,
     )
 
 

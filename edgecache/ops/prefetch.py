@@ -390,6 +390,7 @@ class Prefetcher:
         try:
             headers = await self.credentials.headers()
             headers["x-openstack-request-id"] = f"req-{uuid.uuid4()}"
+            project_id = await self.credentials.project_id()  # for signed images' certificates
             meta = await self.source.image_metadata(image_id, headers)
         except UpstreamRefused as refusal:
             await self._finish(item, "failed", f"Glance answered {refusal.status}")
@@ -408,7 +409,8 @@ class Prefetcher:
             return  # unqueued while Glance was asked: start nothing
         try:
             joined = await self.cache.fill_for(
-                meta, headers, throttle=_PacedFill(self.bucket, self.cache, self._clock)
+                meta, headers, throttle=_PacedFill(self.bucket, self.cache, self._clock),
+                project_id=project_id,
             )
         except FillCoolingDown as exc:
             await self._retry(item, str(exc))

@@ -23,12 +23,19 @@ class Credentials(Protocol):
         """Headers that authenticate a request to Glance (may be empty)."""
         ...
 
+    async def project_id(self) -> str | None:
+        """The project the token is scoped to (the key manager needs it), if any."""
+        ...
+
 
 class NoCredentials:
     """noauth: Glance accepts anonymous calls."""
 
     async def headers(self) -> dict[str, str]:
         return {}
+
+    async def project_id(self) -> str | None:
+        return None
 
 
 #: Threads that may wait on Keystone for [upstream_auth] tokens. Their own, never
@@ -54,6 +61,15 @@ class KeystoneCredentials:
         if not headers:
             raise UpstreamError("[upstream_auth] gave no token", reason="connect")
         return {str(k): str(v) for k, v in headers.items()}
+
+    async def project_id(self) -> str | None:
+        loop = asyncio.get_running_loop()
+        try:
+            project = await loop.run_in_executor(self._threads, self._session.get_project_id)
+        except Exception as exc:  # keystoneauth raises many unrelated types
+            raise UpstreamError(f"no project from [upstream_auth]: {exc}",
+                                reason="connect") from exc
+        return str(project) if project else None
 
 
 def credentials_for(session: Session | None) -> Credentials:

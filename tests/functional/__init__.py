@@ -21,6 +21,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from multidict import CIMultiDictProxy
+from oslo_config import cfg
 from prometheus_client.parser import text_string_to_metric_families
 from pytest_aiohttp import AiohttpClient
 
@@ -195,9 +196,11 @@ def settings(
     direct_store_allow: tuple[str, ...] = (),
     max_resume_attempts: int = 5,
     image_safety: SafetyPolicy | None = None,
+    key_manager_conf: cfg.ConfigOpts | None = None,
 ) -> Settings:
     return Settings(
         image_safety=image_safety or SafetyPolicy(),
+        key_manager_conf=key_manager_conf,
         cache=CacheSettings(
             directory=str(root), max_size=max_size, stall_time=stall_time,
             failure_cooldown=failure_cooldown,

@@ -69,7 +69,8 @@ def test_sample_config_is_current(tmp_path: Path) -> None:
     generated = tmp_path / "edgecache.conf.sample"
     subprocess.run(
         [sys.executable, "-m", "oslo_config.generator", "--namespace", "edgecache",
-         "--namespace", "keystonemiddleware.auth_token", "--wrap-width", "79",
+         "--namespace", "keystonemiddleware.auth_token", "--namespace", "castellan.config",
+         "--wrap-width", "79",
          "--output-file", str(generated)],
         check=True, cwd=REPO,
     )
